@@ -1,0 +1,52 @@
+//! Herald's command line. Pingora's own flags keep their meaning; Herald builds Pingora's
+//! `Opt` from them rather than letting Pingora read the command line.
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herald",
+    version,
+    about = "Host-routing load balancer for platforms that host many Python web apps",
+    long_about = "Herald routes each request by its Host header. The edge role hashes the site name to \
+pick a backend server; the backend role proxies to the site's uWSGI app over its unix socket. \
+One configuration file declares which roles this process runs.\n\n\
+Reload without losing a request: start `herald -u -d -c FILE` beside the running one, then send \
+the old process SIGQUIT. SIGTERM shuts down gracefully, SIGINT at once."
+)]
+pub struct Cli {
+    /// Configuration file (YAML) declaring the roles to run
+    #[arg(
+        short = 'c',
+        long = "conf",
+        value_name = "FILE",
+        default_value = "/etc/herald/herald.yaml"
+    )]
+    pub conf: String,
+
+    /// Check the configuration and exit: 0 with "configuration OK", or 1 with one line per problem
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+
+    /// Run in the background; the pid goes to server.pid_file
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+
+    /// Graceful upgrade: take over the listening sockets of the running herald, which hands
+    /// them over when it gets SIGQUIT
+    #[arg(short = 'u', long = "upgrade")]
+    pub upgrade: bool,
+}
+
+impl Cli {
+    pub fn pingora_opt(&self) -> pingora::server::configuration::Opt {
+        pingora::server::configuration::Opt {
+            upgrade: self.upgrade,
+            daemon: self.daemon,
+            nocapture: false,
+            // Herald checks its own configuration; Pingora's check would only re-read YAML.
+            test: false,
+            conf: None,
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The configuration file as written on disk: YAML shapes only, no meaning yet.
+//! `validate` turns this into the runtime `Config`.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Pingora `ServerConf` fields, checked against its own key list.
+    pub server: Option<serde_yaml::Mapping>,
+    pub metrics: Option<MetricsSection>,
+    pub edge: Option<EdgeSection>,
+    pub backend: Option<BackendSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    pub listen: Vec<String>,
+    pub hash: Option<HashName>,
+    #[serde(default)]
+    pub backends: Vec<Scalar>,
+    pub allow_ip_hosts: Option<bool>,
+    pub connect_timeout: Option<Scalar>,
+    pub read_timeout: Option<Scalar>,
+    pub keepalive_timeout: Option<Scalar>,
+    pub upstream_keepalive_timeout: Option<Scalar>,
+    pub client_max_body_size: Option<Scalar>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HashName {
+    Ketama,
+    Modulo,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub listen: Vec<String>,
+    pub sites_dir: String,
+    pub vassals_dir: String,
+    pub socket_path: String,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub allow_ip_hosts: Option<bool>,
+    pub connect_timeout: Option<Scalar>,
+    pub read_timeout: Option<Scalar>,
+    pub keepalive_timeout: Option<Scalar>,
+    pub upstream_keepalive_timeout: Option<Scalar>,
+    pub client_max_body_size: Option<Scalar>,
+}
+
+/// A YAML string or number kept as text, for values with units (`10s`, `1m`, `10.0.0.1:80 2`)
+/// where a bare number is also allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}

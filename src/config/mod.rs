@@ -1,0 +1,118 @@
+//! Herald's configuration: one YAML file per node, read into on-disk types (`file`), then
+//! checked as a whole into the runtime types below (`validate`), which the rest of Herald uses.
+
+mod file;
+pub mod units;
+mod validate;
+
+use crate::cidr::Cidr;
+use pingora::server::configuration::ServerConf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::ConfigError;
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConf,
+    pub metrics: Option<MetricsConfig>,
+    pub edge: Option<EdgeConfig>,
+    pub backend: Option<BackendConfig>,
+}
+
+#[derive(Debug)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+/// What both roles do with the requests they accept, before proxying.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    pub listen: Vec<SocketAddr>,
+    pub allow_ip_hosts: bool,
+    /// How long an idle client keep-alive connection stays open.
+    pub keepalive_timeout: Duration,
+    /// `None` means unlimited.
+    pub client_max_body_size: Option<u64>,
+}
+
+/// How a role talks to its upstreams.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    /// How long an idle pooled upstream connection is kept for reuse.
+    pub keepalive: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashMode {
+    Ketama,
+    Modulo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendAddr {
+    pub addr: SocketAddr,
+    pub weight: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub frontend: Frontend,
+    pub hash: HashMode,
+    pub backends: Vec<BackendAddr>,
+    pub upstream: UpstreamTimeouts,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub frontend: Frontend,
+    pub sites_dir: PathBuf,
+    pub vassals_dir: PathBuf,
+    pub socket_path: SocketTemplate,
+    pub trusted_proxies: Vec<Cidr>,
+    pub upstream: UpstreamTimeouts,
+}
+
+/// `socket_path` with its one `{host}` placeholder, which sits in the file name so that every
+/// site's socket is in the same directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketTemplate {
+    prefix: String,
+    suffix: String,
+}
+
+impl SocketTemplate {
+    pub const PLACEHOLDER: &'static str = "{host}";
+
+    /// The path for a validated site name (see `host::parse_site`).
+    pub fn path_for(&self, site: &str) -> String {
+        let mut path = String::with_capacity(self.prefix.len() + site.len() + self.suffix.len());
+        path.push_str(&self.prefix);
+        path.push_str(site);
+        path.push_str(&self.suffix);
+        path
+    }
+
+    /// The directory every site's socket is in (the template is absolute, so it has a '/').
+    pub fn directory(&self) -> &Path {
+        let end = self.prefix.rfind('/').map_or(0, |slash| slash + 1);
+        Path::new(&self.prefix[..end])
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`; every problem found is in the error, one per line.
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single(path, "", format!("cannot read file: {e}")))?;
+        validate::parse(path, &text)
+    }
+}
+
+#[cfg(test)]
+pub fn parse_for_tests(text: &str) -> Config {
+    validate::parse("test.yaml", text).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,574 @@
+//! From the on-disk shapes to the runtime `Config`: every value is checked, every problem is
+//! collected (`file: field: what is wrong`), and loading fails once, with all of them.
+
+use super::file::{BackendSection, EdgeSection, FileConfig, HashName, Scalar};
+use super::units::{parse_duration, parse_size};
+use super::*;
+use std::collections::HashSet;
+use std::fmt;
+
+const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
+const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+const DEFAULT_CLIENT_MAX_BODY_SIZE: u64 = 100 << 20;
+const DEFAULT_EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_EDGE_READ_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_EDGE_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
+const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_BACKEND_READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// Below uWSGI's own keep-alive timeout (`socket-timeout`, 4 s by default), so a pooled
+/// connection is dropped by Herald before uWSGI closes it under a request.
+const DEFAULT_BACKEND_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(2);
+const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+/// Every problem found in one configuration file.
+#[derive(Debug)]
+pub struct ConfigError {
+    file: String,
+    problems: Vec<(String, String)>,
+}
+
+impl ConfigError {
+    pub fn single(file: &str, field: &str, message: String) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            problems: vec![(field.to_owned(), message)],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (field, message)) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match field.as_str() {
+                "" => write!(f, "{}: {message}", self.file)?,
+                field => write!(f, "{}: {field}: {message}", self.file)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let raw: FileConfig = if text.trim().is_empty() {
+        FileConfig::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?
+    };
+    let mut check = Checker {
+        problems: Vec::new(),
+    };
+    let config = check.config(raw);
+    if check.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            file: file.to_owned(),
+            problems: check.problems,
+        })
+    }
+}
+
+/// serde_yaml reports `path.to.field: message at line L column C`; keep the path as the field.
+fn yaml_error(file: &str, error: &serde_yaml::Error) -> ConfigError {
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') => {
+            ConfigError::single(file, path, message.to_owned())
+        }
+        _ => ConfigError::single(file, "", text),
+    }
+}
+
+struct Checker {
+    problems: Vec<(String, String)>,
+}
+
+impl Checker {
+    fn bad(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((field.into(), message.into()));
+    }
+
+    fn config(&mut self, raw: FileConfig) -> Config {
+        if raw.edge.is_none() && raw.backend.is_none() {
+            self.bad(
+                "",
+                "nothing to run: declare an `edge` section, a `backend` section, or both",
+            );
+        }
+        let server = self.server(raw.server);
+        let metrics = raw.metrics.and_then(|m| {
+            self.socket_addr("metrics.listen", &m.listen)
+                .map(|listen| MetricsConfig { listen })
+        });
+        let edge = raw.edge.map(|e| self.edge(e));
+        let backend = raw.backend.map(|b| self.backend(b));
+        let config = Config {
+            server,
+            metrics,
+            edge,
+            backend,
+        };
+        self.listeners_are_distinct(&config);
+        config
+    }
+
+    fn server(&mut self, raw: Option<serde_yaml::Mapping>) -> ServerConf {
+        let raw = raw.unwrap_or_default();
+        let known = serde_yaml::to_value(ServerConf::default()).expect("ServerConf serializes");
+        let known = known.as_mapping().expect("ServerConf is a mapping");
+        for key in raw.keys() {
+            if !known.contains_key(key) {
+                let name = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_owned);
+                self.bad(
+                    format!("server.{name}"),
+                    "unknown key (expected a Pingora ServerConf field such as threads, pid_file, upgrade_sock, error_log, grace_period_seconds)",
+                );
+            }
+        }
+        let mut conf: ServerConf = match serde_yaml::from_value(serde_yaml::Value::Mapping(raw)) {
+            Ok(conf) => conf,
+            Err(e) => {
+                let text = e.to_string();
+                match text.split_once(": ") {
+                    Some((path, message)) if !path.contains(' ') => {
+                        self.bad(format!("server.{path}"), message)
+                    }
+                    _ => self.bad("server", text),
+                }
+                ServerConf::default()
+            }
+        };
+        conf.grace_period_seconds
+            .get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
+        conf.graceful_shutdown_timeout_seconds
+            .get_or_insert(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS);
+        if conf.threads == 0 {
+            self.bad("server.threads", "must be at least 1");
+        }
+        if conf.max_retries == 0 {
+            // Pingora would then never try the upstream and close every connection unanswered.
+            self.bad("server.max_retries", "must be at least 1");
+        }
+        for (field, path) in [
+            ("server.pid_file", &conf.pid_file),
+            ("server.upgrade_sock", &conf.upgrade_sock),
+        ] {
+            self.absolute_file_in_existing_dir(field, path);
+        }
+        if let Some(error_log) = &conf.error_log {
+            self.absolute_file_in_existing_dir("server.error_log", error_log);
+        }
+        conf
+    }
+
+    fn edge(&mut self, raw: EdgeSection) -> EdgeConfig {
+        let frontend = self.frontend(
+            "edge",
+            &raw.listen,
+            raw.allow_ip_hosts,
+            raw.keepalive_timeout.as_ref(),
+            raw.client_max_body_size.as_ref(),
+        );
+        let hash = match raw.hash.unwrap_or(HashName::Ketama) {
+            HashName::Ketama => HashMode::Ketama,
+            HashName::Modulo => HashMode::Modulo,
+        };
+        let backends = self.backend_list("edge.backends", &raw.backends, hash);
+        let upstream = UpstreamTimeouts {
+            connect: self.duration(
+                "edge.connect_timeout",
+                raw.connect_timeout.as_ref(),
+                DEFAULT_EDGE_CONNECT_TIMEOUT,
+            ),
+            read: self.duration(
+                "edge.read_timeout",
+                raw.read_timeout.as_ref(),
+                DEFAULT_EDGE_READ_TIMEOUT,
+            ),
+            keepalive: self.duration(
+                "edge.upstream_keepalive_timeout",
+                raw.upstream_keepalive_timeout.as_ref(),
+                DEFAULT_EDGE_UPSTREAM_KEEPALIVE,
+            ),
+        };
+        EdgeConfig {
+            frontend,
+            hash,
+            backends,
+            upstream,
+        }
+    }
+
+    fn backend(&mut self, raw: BackendSection) -> BackendConfig {
+        let frontend = self.frontend(
+            "backend",
+            &raw.listen,
+            raw.allow_ip_hosts,
+            raw.keepalive_timeout.as_ref(),
+            raw.client_max_body_size.as_ref(),
+        );
+        let sites_dir = self.existing_dir("backend.sites_dir", &raw.sites_dir);
+        let vassals_dir = self.existing_dir("backend.vassals_dir", &raw.vassals_dir);
+        let socket_path = self.socket_template("backend.socket_path", &raw.socket_path);
+        let trusted_proxies = match &raw.trusted_proxies {
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, text)| {
+                    Cidr::parse(text)
+                        .map_err(|e| self.bad(format!("backend.trusted_proxies[{i}]"), e))
+                        .ok()
+                })
+                .collect(),
+            None => DEFAULT_TRUSTED_PROXIES
+                .iter()
+                .map(|text| Cidr::parse(text).expect("default networks parse"))
+                .collect(),
+        };
+        let upstream = UpstreamTimeouts {
+            connect: self.duration(
+                "backend.connect_timeout",
+                raw.connect_timeout.as_ref(),
+                DEFAULT_BACKEND_CONNECT_TIMEOUT,
+            ),
+            read: self.duration(
+                "backend.read_timeout",
+                raw.read_timeout.as_ref(),
+                DEFAULT_BACKEND_READ_TIMEOUT,
+            ),
+            keepalive: self.duration(
+                "backend.upstream_keepalive_timeout",
+                raw.upstream_keepalive_timeout.as_ref(),
+                DEFAULT_BACKEND_UPSTREAM_KEEPALIVE,
+            ),
+        };
+        BackendConfig {
+            frontend,
+            sites_dir,
+            vassals_dir,
+            socket_path,
+            trusted_proxies,
+            upstream,
+        }
+    }
+
+    fn frontend(
+        &mut self,
+        role: &str,
+        listen: &[String],
+        allow_ip_hosts: Option<bool>,
+        keepalive_timeout: Option<&Scalar>,
+        client_max_body_size: Option<&Scalar>,
+    ) -> Frontend {
+        if listen.is_empty() {
+            self.bad(
+                format!("{role}.listen"),
+                "needs at least one address, like 0.0.0.0:80",
+            );
+        }
+        let listen = listen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| self.socket_addr(&format!("{role}.listen[{i}]"), text))
+            .collect();
+        let max_body = self.size(
+            &format!("{role}.client_max_body_size"),
+            client_max_body_size,
+            DEFAULT_CLIENT_MAX_BODY_SIZE,
+        );
+        Frontend {
+            listen,
+            allow_ip_hosts: allow_ip_hosts.unwrap_or(false),
+            keepalive_timeout: self.duration(
+                &format!("{role}.keepalive_timeout"),
+                keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
+            client_max_body_size: (max_body > 0).then_some(max_body),
+        }
+    }
+
+    fn backend_list(
+        &mut self,
+        field: &str,
+        entries: &[Scalar],
+        hash: HashMode,
+    ) -> Vec<BackendAddr> {
+        if entries.is_empty() {
+            self.bad(field, "needs at least one backend, like 10.0.0.11:80");
+        }
+        let mut seen = HashSet::new();
+        let mut backends = Vec::new();
+        for (i, Scalar(text)) in entries.iter().enumerate() {
+            let field = format!("{field}[{i}]");
+            match parse_backend_entry(text) {
+                Ok(backend) if !seen.insert(backend.addr) => {
+                    self.bad(field, format!("duplicate backend {}", backend.addr))
+                }
+                Ok(backend) if hash == HashMode::Modulo && backend.weight != 1 => self.bad(
+                    field,
+                    "weights need `hash: ketama`; modulo placement indexes the list as written",
+                ),
+                Ok(backend) => backends.push(backend),
+                Err(message) => self.bad(field, message),
+            }
+        }
+        backends
+    }
+
+    fn socket_addr(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
+        text.parse()
+            .map_err(|_| {
+                self.bad(
+                    field,
+                    format!(
+                        "invalid address {text:?}: expected ip:port, like 0.0.0.0:80 or [::]:80"
+                    ),
+                )
+            })
+            .ok()
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&Scalar>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(Scalar(text)) => parse_duration(text)
+                .map_err(|e| self.bad(field, e))
+                .unwrap_or(default),
+        }
+    }
+
+    fn size(&mut self, field: &str, value: Option<&Scalar>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(Scalar(text)) => parse_size(text)
+                .map_err(|e| self.bad(field, e))
+                .unwrap_or(default),
+        }
+    }
+
+    fn existing_dir(&mut self, field: &str, text: &str) -> PathBuf {
+        let path = PathBuf::from(text);
+        if !path.is_absolute() {
+            self.bad(field, format!("{text:?} must be an absolute path"));
+        } else if !path.is_dir() {
+            self.bad(field, format!("directory {text:?} does not exist"));
+        }
+        path
+    }
+
+    fn absolute_file_in_existing_dir(&mut self, field: &str, text: &str) {
+        let path = Path::new(text);
+        if !path.is_absolute() {
+            self.bad(field, format!("{text:?} must be an absolute path"));
+        } else if !path.parent().is_some_and(Path::is_dir) {
+            self.bad(field, format!("the directory of {text:?} does not exist"));
+        }
+    }
+
+    fn socket_template(&mut self, field: &str, text: &str) -> SocketTemplate {
+        let placeholder = SocketTemplate::PLACEHOLDER;
+        let fallback = SocketTemplate {
+            prefix: String::new(),
+            suffix: String::new(),
+        };
+        if text.matches(placeholder).count() != 1 {
+            self.bad(field, format!("{text:?} must contain {placeholder} exactly once, like /run/herald/sockets/{placeholder}.sock"));
+            return fallback;
+        }
+        let (prefix, suffix) = text.split_once(placeholder).expect("counted above");
+        if suffix.contains('/') {
+            self.bad(
+                field,
+                format!("{text:?}: {placeholder} must be in the file name, not in a directory"),
+            );
+            return fallback;
+        }
+        if !prefix.starts_with('/') {
+            self.bad(field, format!("{text:?} must be an absolute path"));
+            return fallback;
+        }
+        let template = SocketTemplate {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        };
+        if !template.directory().is_dir() {
+            self.bad(
+                field,
+                format!("directory {:?} does not exist", template.directory()),
+            );
+        }
+        if template.path_for("").len() + 1 > MAX_UNIX_SOCKET_PATH {
+            self.bad(
+                field,
+                format!(
+                    "{text:?} is too long for a unix socket path ({MAX_UNIX_SOCKET_PATH} bytes)"
+                ),
+            );
+        }
+        template
+    }
+
+    fn listeners_are_distinct(&mut self, config: &Config) {
+        let mut seen: HashSet<SocketAddr> = HashSet::new();
+        let mut claim = |field: String, addr: SocketAddr, problems: &mut Vec<(String, String)>| {
+            if !seen.insert(addr) {
+                problems.push((field, format!("{addr} is already used by another listener")));
+            }
+        };
+        for (role, frontend) in [
+            ("edge", config.edge.as_ref().map(|e| &e.frontend)),
+            ("backend", config.backend.as_ref().map(|b| &b.frontend)),
+        ] {
+            for (i, addr) in frontend.iter().flat_map(|f| f.listen.iter()).enumerate() {
+                claim(format!("{role}.listen[{i}]"), *addr, &mut self.problems);
+            }
+        }
+        if let Some(metrics) = &config.metrics {
+            claim("metrics.listen".into(), metrics.listen, &mut self.problems);
+        }
+    }
+}
+
+/// `ip:port` or `ip:port weight`, as in `edge.backends` (and later the backends file).
+pub fn parse_backend_entry(text: &str) -> Result<BackendAddr, String> {
+    let mut words = text.split_whitespace();
+    let addr_text = words.next().unwrap_or_default();
+    let addr: SocketAddr = addr_text.parse().map_err(|_| {
+        format!("invalid address {addr_text:?}: expected ip:port, like 10.0.0.11:80")
+    })?;
+    let weight = match words.next() {
+        None => 1,
+        Some(w) => w
+            .parse::<usize>()
+            .ok()
+            .filter(|w| (1..=1000).contains(w))
+            .ok_or_else(|| {
+                format!("invalid weight {w:?}: expected a whole number from 1 to 1000")
+            })?,
+    };
+    if let Some(extra) = words.next() {
+        return Err(format!("unexpected {extra:?} after the weight"));
+    }
+    Ok(BackendAddr { addr, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> String {
+        parse("t.yaml", yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_edge_gets_defaults() {
+        let config = parse("t.yaml", "edge:\n  listen: ['127.0.0.1:8080']\n  backends: ['127.0.0.1:9000', '127.0.0.1:9001 3']\n").unwrap();
+        let edge = config.edge.unwrap();
+        assert_eq!(edge.hash, HashMode::Ketama);
+        assert_eq!(edge.backends[1].weight, 3);
+        assert_eq!(edge.upstream.connect, DEFAULT_EDGE_CONNECT_TIMEOUT);
+        assert_eq!(
+            config.server.grace_period_seconds,
+            Some(DEFAULT_GRACE_PERIOD_SECONDS)
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let text = problems(
+            "edge:\n  listen: ['127.0.0.1:80', 'nope']\n  hash: modulo\n  backends: ['10.0.0.1:80', '10.0.0.x:80', '10.0.0.1:80', '10.0.0.2:80 2']\n  connect_timeout: 5y\n",
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"t.yaml: edge.listen[1]: invalid address \"nope\": expected ip:port, like 0.0.0.0:80 or [::]:80"), "{text}");
+        assert!(lines.contains(&"t.yaml: edge.backends[1]: invalid address \"10.0.0.x:80\": expected ip:port, like 10.0.0.11:80"), "{text}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml: edge.backends[2]: duplicate backend")),
+            "{text}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml: edge.backends[3]: weights need")),
+            "{text}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("t.yaml: edge.connect_timeout: invalid duration")),
+            "{text}"
+        );
+        assert_eq!(lines.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        assert!(problems(
+            "edge:\n  listen: ['127.0.0.1:80']\n  backends: ['10.0.0.1:80']\n  bakends: []\n"
+        )
+        .starts_with("t.yaml: edge: unknown field `bakends`"));
+        assert!(problems("frontend: {}\n").starts_with("t.yaml: unknown field `frontend`"));
+        assert!(problems("server:\n  threds: 2\nedge:\n  listen: ['127.0.0.1:80']\n  backends: ['10.0.0.1:80']\n").starts_with("t.yaml: server.threds: unknown key"));
+    }
+
+    #[test]
+    fn empty_file_has_nothing_to_run() {
+        assert!(problems("").contains("nothing to run"));
+    }
+
+    #[test]
+    fn socket_template_needs_one_host_in_the_file_name() {
+        for (template, expect) in [
+            ("/tmp/sock.sock", "exactly once"),
+            ("/tmp/{host}/{host}.sock", "exactly once"),
+            ("/tmp/{host}/app.sock", "must be in the file name"),
+            ("run/{host}.sock", "absolute"),
+            ("/no/such/dir/{host}.sock", "does not exist"),
+        ] {
+            let yaml = format!("backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: {template}\n");
+            assert!(
+                problems(&yaml).contains(expect),
+                "{template}: {}",
+                problems(&yaml)
+            );
+        }
+        let yaml = "backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: /tmp/{host}.sock\n";
+        let backend = parse("t.yaml", yaml).unwrap().backend.unwrap();
+        assert_eq!(
+            backend.socket_path.path_for("a.example"),
+            "/tmp/a.example.sock"
+        );
+    }
+
+    #[test]
+    fn backend_entries() {
+        assert_eq!(parse_backend_entry("10.0.0.1:80").unwrap().weight, 1);
+        assert_eq!(parse_backend_entry(" 10.0.0.1:80   7 ").unwrap().weight, 7);
+        assert_eq!(
+            parse_backend_entry("[::1]:80").unwrap().addr,
+            "[::1]:80".parse().unwrap()
+        );
+        for bad in [
+            "",
+            "10.0.0.1",
+            "host:80",
+            "10.0.0.1:80 0",
+            "10.0.0.1:80 x",
+            "10.0.0.1:80 1 2",
+        ] {
+            assert!(parse_backend_entry(bad).is_err(), "{bad}");
+        }
+    }
+}

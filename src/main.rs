@@ -1,0 +1,53 @@
+//! Herald: one binary, two roles. `main` reads the command line and the configuration, then
+//! adds the edge and/or backend proxies (see `edge` and `backend`) to a Pingora server.
+#![forbid(unsafe_code)]
+
+mod backend;
+mod cidr;
+mod cli;
+mod config;
+mod edge;
+mod forwarding;
+mod frontdoor;
+mod host;
+mod metrics;
+mod pages;
+
+use clap::Parser;
+use config::Config;
+use pingora::server::Server;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("herald=info,warn"))
+        .format_timestamp_millis()
+        .init();
+
+    let config = match Config::load(&cli.conf) {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!("{}: configuration OK", cli.conf);
+        return ExitCode::SUCCESS;
+    }
+
+    let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), config.server);
+    server.bootstrap();
+    if let Some(metrics) = &config.metrics {
+        let mut service = pingora_prometheus::prometheus_http_service();
+        service.add_tcp(&metrics.listen.to_string());
+        server.add_service(service);
+    }
+    if let Some(edge) = &config.edge {
+        edge::add_services(&mut server, edge);
+    }
+    if let Some(backend) = &config.backend {
+        backend::add_services(&mut server, backend);
+    }
+    server.run_forever()
+}

@@ -1,0 +1,141 @@
+//! The short HTML pages Herald answers with when it cannot hand a request to an app.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+
+pub struct Page {
+    pub status: u16,
+    body: &'static str,
+}
+
+macro_rules! page {
+    ($status:expr, $title:expr, $message:expr) => {
+        Page {
+            status: $status,
+            body: concat!(
+                "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>",
+                $title,
+                "</title></head>\n<body><h1>",
+                $title,
+                "</h1>\n<p>",
+                $message,
+                "</p>\n<hr><p>herald</p></body></html>\n"
+            ),
+        }
+    };
+}
+
+pub const BAD_HOST: Page = page!(
+    400,
+    "400 Bad Request",
+    "This request does not name a valid site: its Host header is missing or malformed."
+);
+pub const BAD_REQUEST: Page = page!(
+    400,
+    "400 Bad Request",
+    "The request could not be understood."
+);
+pub const UNKNOWN_SITE: Page = page!(
+    404,
+    "404 Not Found",
+    "There is no site with this name here."
+);
+pub const BODY_TOO_LARGE: Page = page!(
+    413,
+    "413 Content Too Large",
+    "The request body is larger than this server accepts."
+);
+pub const INTERNAL_ERROR: Page = page!(
+    500,
+    "500 Internal Server Error",
+    "Something went wrong while handling this request."
+);
+pub const APP_UNAVAILABLE: Page = page!(
+    502,
+    "502 Bad Gateway",
+    "The web app for this site is not running, or it failed to answer."
+);
+pub const BACKEND_UNAVAILABLE: Page = page!(
+    502,
+    "502 Bad Gateway",
+    "The server that hosts this site could not be reached, or it failed to answer."
+);
+pub const UNAVAILABLE: Page = page!(
+    503,
+    "503 Service Unavailable",
+    "This site cannot be served right now. Please try again shortly."
+);
+pub const TIMEOUT: Page = page!(
+    504,
+    "504 Gateway Timeout",
+    "The site took too long to answer."
+);
+
+/// The generic page for a status Herald decided on (`fail_to_proxy`).
+pub fn for_status(status: u16) -> &'static Page {
+    match status {
+        400 => &BAD_REQUEST,
+        413 => &BODY_TOO_LARGE,
+        502 => &APP_UNAVAILABLE,
+        503 => &UNAVAILABLE,
+        504 => &TIMEOUT,
+        _ => &INTERNAL_ERROR,
+    }
+}
+
+/// Sends `page` unless a response has already started; the connection is then closed, since
+/// the request body may not have been read.
+pub async fn send(session: &mut Session, page: &Page) -> Result<()> {
+    let mut resp = ResponseHeader::build(page.status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, page.body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::from_static(page.body.as_bytes()))
+        .await
+}
+
+/// The status Pingora's default `fail_to_proxy` would give `e`; 0 when the client is gone.
+pub fn status_of_error(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Answers a request that could not be proxied with the page for its status; `bad_gateway`
+/// says which side failed when the status is 502.
+pub async fn answer_proxy_failure(
+    session: &mut Session,
+    e: &Error,
+    bad_gateway: &Page,
+) -> FailToProxy {
+    let status = status_of_error(e);
+    let page = if status == 502 {
+        bad_gateway
+    } else {
+        for_status(status)
+    };
+    if status != 0 {
+        if let Err(e) = send(session, page).await {
+            log::debug!("could not send the {status} page: {e}");
+        }
+    }
+    FailToProxy {
+        error_code: status,
+        can_reuse_downstream: false,
+    }
+}

@@ -1,0 +1,405 @@
+//! Real processes for integration tests: a uWSGI emperor with vassals, herald processes, and
+//! nginx, all on 127.0.0.1 with free ports, each stopped (with its whole process group) when
+//! its guard drops, also when a test panics.
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub fn herald_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_herald")
+}
+
+/// A port that was free a moment ago (the OS picks it; it is released for the caller).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Polls `ready` every few milliseconds until it holds or `deadline` passes.
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    while !ready() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A child process in its own process group, stopped with SIGINT (then SIGKILL) on drop.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command, log: &Path) -> Process {
+        let out = fs::File::create(log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Process {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the log if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early ({status}):\n{}", self.name, self.log());
+        }
+    }
+
+    pub fn signal_group(&self, signal: i32) {
+        // SAFETY: kill(2) on a process group we created; no memory is involved.
+        unsafe {
+            libc::kill(-self.pid(), signal);
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.signal_group(libc::SIGKILL); // leftovers of the group, if any
+            return;
+        }
+        self.signal_group(libc::SIGINT);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                self.signal_group(libc::SIGKILL);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal_group(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+        self.stop();
+    }
+}
+
+/// A uWSGI emperor watching `vassals`, with the demo app as every site.
+pub struct Emperor {
+    pub sites_dir: PathBuf,
+    pub vassals_dir: PathBuf,
+    pub sockets_dir: PathBuf,
+    process: Process,
+}
+
+impl Emperor {
+    /// Starts an emperor; `running` sites are enabled (vassal in place) and waited for,
+    /// `available` sites only exist in `sites_dir`.
+    pub fn start(root: &Path, running: &[&str], available: &[&str]) -> Emperor {
+        let sites_dir = root.join("sites");
+        let vassals_dir = root.join("vassals");
+        let sockets_dir = root.join("sockets");
+        for dir in [&sites_dir, &vassals_dir, &sockets_dir] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        let template = fs::read_to_string(repo_path("demo/vassal.ini.template")).unwrap();
+        let vassal = template
+            .replace("@SOCKET_DIR@", sockets_dir.to_str().unwrap())
+            .replace("@APP@", repo_path("demo/app.py").to_str().unwrap());
+        for site in running.iter().chain(available) {
+            fs::write(sites_dir.join(format!("{site}.ini")), &vassal).unwrap();
+        }
+        for site in running {
+            fs::write(vassals_dir.join(format!("{site}.ini")), &vassal).unwrap();
+        }
+        let mut process = Process::spawn(
+            "uwsgi emperor",
+            Command::new("uwsgi")
+                .arg("--emperor")
+                .arg(&vassals_dir)
+                .args(["--emperor-freq", "1", "--die-on-term"])
+                .current_dir(root),
+            &root.join("emperor.log"),
+        );
+        for site in running {
+            let socket = sockets_dir.join(format!("{site}.sock"));
+            wait_until(&format!("uWSGI socket of {site}"), STARTUP_DEADLINE, || {
+                process.assert_running();
+                UnixStream::connect(&socket).is_ok()
+            });
+        }
+        Emperor {
+            sites_dir,
+            vassals_dir,
+            sockets_dir,
+            process,
+        }
+    }
+
+    pub fn socket_template(&self) -> String {
+        format!("{}/{{host}}.sock", self.sockets_dir.display())
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// A herald process running `yaml`, started once all of `ports` accept connections.
+pub struct Herald {
+    pub config: PathBuf,
+    process: Process,
+}
+
+impl Herald {
+    pub fn start(root: &Path, name: &str, yaml: &str, ports: &[u16]) -> Herald {
+        let config = root.join(format!("{name}.yaml"));
+        let yaml = format!(
+            "{yaml}\n{}",
+            if yaml.contains("server:") {
+                String::new()
+            } else {
+                format!(
+                    "server:\n  pid_file: {0}/{name}.pid\n  upgrade_sock: {0}/{name}.upgrade.sock\n  grace_period_seconds: 0\n",
+                    root.display()
+                )
+            }
+        );
+        fs::write(&config, yaml).unwrap();
+        let mut process = Process::spawn(
+            name,
+            Command::new(herald_bin())
+                .arg("-c")
+                .arg(&config)
+                .env("RUST_LOG", "herald=debug,warn"),
+            &root.join(format!("{name}.log")),
+        );
+        for port in ports {
+            wait_until(
+                &format!("{name} listening on {port}"),
+                STARTUP_DEADLINE,
+                || {
+                    process.assert_running();
+                    TcpStream::connect(("127.0.0.1", *port)).is_ok()
+                },
+            );
+        }
+        Herald { config, process }
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// Runs herald to completion with `args` (for `-t`, `--help`).
+pub fn run_herald(args: &[&str]) -> Output {
+    Command::new(herald_bin())
+        .args(args)
+        .output()
+        .expect("run herald")
+}
+
+/// nginx from Debian, run in the foreground from a config written for the test.
+pub struct Nginx {
+    process: Process,
+}
+
+impl Nginx {
+    /// `http_block` goes inside `http {}`; the caller waits for its ports.
+    pub fn start(root: &Path, http_block: &str, ports: &[u16]) -> Nginx {
+        let dir = root.join("nginx");
+        fs::create_dir_all(dir.join("tmp")).unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  \
+             fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n{http_block}\n}}\n"
+        );
+        fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut process = Process::spawn(
+            "nginx",
+            Command::new("nginx")
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf")),
+            &dir.join("stderr.log"),
+        );
+        for port in ports {
+            wait_until(
+                &format!("nginx listening on {port}"),
+                STARTUP_DEADLINE,
+                || {
+                    process.assert_running();
+                    TcpStream::connect(("127.0.0.1", *port)).is_ok()
+                },
+            );
+        }
+        Nginx { process }
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The demo app's JSON answer.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): status {} body {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+}
+
+/// Sends `raw` as is on a new connection and reads the answer until the server closes.
+pub fn send_raw(port: u16, raw: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(raw).expect("send request");
+    let mut answer = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        assert!(!answer.is_empty(), "no answer: {e}");
+    }
+    parse_response(&answer)
+}
+
+/// `GET path` with the given Host, `Connection: close`.
+pub fn get(port: u16, host: &str, path: &str) -> Response {
+    get_with(port, host, path, &[])
+}
+
+pub fn get_with(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    send_raw(port, raw.as_bytes())
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < eol + 2 + size {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[(eol + 4 + size).min(data.len())..];
+    }
+}
+
+/// Reads one sample from a Prometheus text exposition, e.g.
+/// `metric(port, "herald_requests_total", &[("role","edge"),("code","2xx")])`.
+pub fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = get(port, "metrics", "/metrics").text();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = series_name == name
+                && labels.iter().all(|(k, v)| {
+                    series_labels
+                        .split(',')
+                        .any(|pair| pair == format!("{k}=\"{v}\""))
+                });
+            matches.then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,138 @@
+//! `herald -t`: the shipped examples pass, broken files fail with one line per problem that
+//! names the file and the field.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+/// The system directories the examples name, recreated under `root` so the examples can be
+/// checked as written on a machine that has none of them.
+const SYSTEM_DIRS: [&str; 4] = [
+    "/etc/herald/sites",
+    "/etc/uwsgi/vassals",
+    "/run/herald/sockets",
+    "/run/herald",
+];
+
+fn relocate(text: &str, root: &Path) -> String {
+    let mut text = text.to_owned();
+    for prefix in ["/etc/herald", "/etc/uwsgi", "/run/herald"] {
+        text = text.replace(prefix, &format!("{}{prefix}", root.display()));
+    }
+    text
+}
+
+fn check(path: &Path) -> (i32, String, String) {
+    let out = run_herald(&["-t", "-c", path.to_str().unwrap()]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn shipped_examples_pass() {
+    let root = tempfile::tempdir().unwrap();
+    for dir in SYSTEM_DIRS {
+        fs::create_dir_all(root.path().join(dir.trim_start_matches('/'))).unwrap();
+    }
+    let examples: Vec<_> = fs::read_dir(repo_path("conf"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(examples.len() >= 3, "{examples:?}");
+    for example in examples {
+        let text = fs::read_to_string(&example).unwrap();
+        let copy = root.path().join(example.file_name().unwrap());
+        fs::write(&copy, relocate(&text, root.path())).unwrap();
+        let (code, stdout, stderr) = check(&copy);
+        assert_eq!(code, 0, "{}: {stderr}", example.display());
+        assert_eq!(
+            stdout.trim(),
+            format!("{}: configuration OK", copy.display())
+        );
+    }
+}
+
+#[test]
+fn broken_configs_are_rejected_naming_file_and_field() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display().to_string();
+    let backend = |extra: &str| {
+        format!("backend:\n  listen: ['127.0.0.1:8080']\n  sites_dir: {dir}\n  vassals_dir: {dir}\n  socket_path: {dir}/{{host}}.sock\n{extra}")
+    };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("bad-backend-address", "edge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80, 10.0.0.x:80]\n".into(),
+            vec![r#"edge.backends[1]: invalid address "10.0.0.x:80""#]),
+        ("unknown-top-key", "edges:\n  listen: []\n".into(), vec!["unknown field `edges`"]),
+        ("unknown-edge-key", "edge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80]\n  hash_mode: ketama\n".into(),
+            vec!["edge: unknown field `hash_mode`"]),
+        ("unknown-server-key", format!("server:\n  thread: 4\n{}", backend("")), vec!["server.thread: unknown key"]),
+        ("bad-hash", "edge:\n  listen: ['0.0.0.0:80']\n  hash: random\n  backends: [10.0.0.1:80]\n".into(),
+            vec!["edge.hash: unknown variant `random`"]),
+        ("wrong-type", "edge:\n  listen: 80\n  backends: [10.0.0.1:80]\n".into(), vec!["edge.listen: invalid type"]),
+        ("no-roles", "metrics:\n  listen: 127.0.0.1:9100\n".into(), vec!["nothing to run"]),
+        ("empty", String::new(), vec!["nothing to run"]),
+        ("not-yaml", "edge:\n  listen: [\"0.0.0.0:80\"\n  backends: x\n".into(), vec!["did not find expected ',' or ']' at line 3 column 3"]),
+        ("missing-dirs", "backend:\n  listen: ['0.0.0.0:8080']\n  sites_dir: /nonexistent/sites\n  vassals_dir: relative/vassals\n  socket_path: /nonexistent/{host}.sock\n".into(),
+            vec![r#"backend.sites_dir: directory "/nonexistent/sites" does not exist"#,
+                 r#"backend.vassals_dir: "relative/vassals" must be an absolute path"#,
+                 r#"backend.socket_path: directory "/nonexistent/" does not exist"#]),
+        ("template-without-host", backend("").replace("{host}.sock", "app.sock"), vec!["backend.socket_path:", "must contain {host} exactly once"]),
+        ("bad-units", backend("  read_timeout: 5 minutes\n  connect_timeout: 10q\n  client_max_body_size: 1t\n"),
+            vec!["backend.read_timeout: invalid duration", "backend.connect_timeout: invalid duration \"10q\": unknown unit", "backend.client_max_body_size: invalid size"]),
+        ("bad-cidr", backend("  trusted_proxies: [10.0.0.0/8, 10.0.0.1/8, 300.0.0.0/8]\n"),
+            vec!["backend.trusted_proxies[1]: invalid network", "backend.trusted_proxies[2]: invalid network"]),
+        ("listener-clash", format!("metrics:\n  listen: 127.0.0.1:8080\n{}", backend("")), vec!["metrics.listen: 127.0.0.1:8080 is already used"]),
+        ("relative-pid", format!("server:\n  pid_file: herald.pid\n  max_retries: 0\n{}", backend("")),
+            vec![r#"server.pid_file: "herald.pid" must be an absolute path"#, "server.max_retries: must be at least 1"]),
+        ("no-backends", "edge:\n  listen: ['0.0.0.0:80']\n  backends: []\n".into(), vec!["edge.backends: needs at least one backend"]),
+    ];
+    for (name, yaml, expected) in cases {
+        let path = root.path().join(format!("{name}.yaml"));
+        fs::write(&path, &yaml).unwrap();
+        let (code, stdout, stderr) = check(&path);
+        assert_eq!(code, 1, "{name} was accepted: {stdout}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        for want in &expected {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{}: ", path.display())) && l.contains(want)),
+                "{name}: no line with {want:?} in:\n{stderr}"
+            );
+        }
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with(&format!("{}: ", path.display()))),
+            "{name}: every line names the file:\n{stderr}"
+        );
+    }
+    let (code, _, stderr) = check(&root.path().join("no-such-file.yaml"));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no-such-file.yaml: cannot read file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_the_flags() {
+    let out = run_herald(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "-c, --conf",
+        "-t, --test",
+        "-d, --daemon",
+        "-u, --upgrade",
+        "SIGQUIT",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}

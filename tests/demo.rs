@@ -1,0 +1,51 @@
+//! The README's first quick-start command: the demo starts, routes, and cleans up.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn demo_routes_its_sample_sites_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(repo_path("scripts/demo"))
+        .arg("--smoke")
+        .env("HERALD_BIN", herald_bin())
+        .env("HERALD_DEMO_DIR", dir.path())
+        .output()
+        .expect("run scripts/demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "Hello from alpha.localhost",
+        "Hello from beta.localhost",
+        "\"site\": \"gamma.localhost\"",
+        "HTTP/1.1 404 Not Found",
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.1 502 Bad Gateway",
+        "herald_requests_total{code=\"2xx\",role=\"edge\"} 3",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}\n{stderr}"
+        );
+    }
+    // Everything the demo started is gone: nothing is listening on its sockets any more.
+    for site in ["alpha.localhost", "beta.localhost", "gamma.localhost"] {
+        let socket = dir.path().join("sockets").join(format!("{site}.sock"));
+        assert!(
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
+            "{site}'s app still runs"
+        );
+    }
+    let edge = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("edge     "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the demo prints the edge address");
+    assert!(
+        std::net::TcpStream::connect(edge).is_err(),
+        "herald still listens on {edge}"
+    );
+}

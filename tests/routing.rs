@@ -1,0 +1,360 @@
+//! The warm request path end to end: browser → herald edge → herald backend → uWSGI app,
+//! with a real emperor, two backend processes and one edge on 127.0.0.1.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::path::Path;
+
+const SITES: [&str; 3] = ["alpha.example", "beta.example", "gamma.example"];
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    emperor: Emperor,
+    backends: Vec<(u16, u16, Herald)>, // (listen port, metrics port, process)
+    edge_port: u16,
+    _edge: Herald,
+}
+
+fn backend_yaml(root: &Path, emperor: &Emperor, port: u16, metrics: u16, extra: &str) -> String {
+    let _ = root;
+    format!(
+        "metrics:\n  listen: 127.0.0.1:{metrics}\nbackend:\n  listen: ['127.0.0.1:{port}']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}\n{extra}",
+        emperor.sites_dir.display(),
+        emperor.vassals_dir.display(),
+        emperor.socket_template()
+    )
+}
+
+impl Cluster {
+    /// `stopped` sites have a vassal file in sites_dir but no running app.
+    fn start(stopped: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let emperor = Emperor::start(root, &SITES, stopped);
+        let backends: Vec<(u16, u16, Herald)> = (0..2)
+            .map(|i| {
+                let (port, metrics) = (free_port(), free_port());
+                let yaml = backend_yaml(root, &emperor, port, metrics, "");
+                let herald = Herald::start(root, &format!("backend{i}"), &yaml, &[port, metrics]);
+                (port, metrics, herald)
+            })
+            .collect();
+        let edge_port = free_port();
+        let list: Vec<String> = backends
+            .iter()
+            .map(|(p, _, _)| format!("'127.0.0.1:{p}'"))
+            .collect();
+        let yaml = format!(
+            "edge:\n  listen: ['127.0.0.1:{edge_port}']\n  backends: [{}]\n",
+            list.join(", ")
+        );
+        let edge = Herald::start(root, "edge", &yaml, &[edge_port]);
+        Cluster {
+            _dir: dir,
+            emperor,
+            backends,
+            edge_port,
+            _edge: edge,
+        }
+    }
+
+    /// Requests each backend has answered with a status of `class` (`2xx`, `4xx`, ...).
+    fn backend_counts(&self, class: &str) -> Vec<f64> {
+        self.backends
+            .iter()
+            .map(|(_, metrics, _)| {
+                metric(
+                    *metrics,
+                    "herald_requests_total",
+                    &[("role", "backend"), ("code", class)],
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn each_site_gets_its_own_app_and_always_the_same_backend() {
+    let cluster = Cluster::start(&[]);
+    for site in SITES {
+        let before = cluster.backend_counts("2xx");
+        for _ in 0..10 {
+            let resp = get(cluster.edge_port, site, "/");
+            assert_eq!(resp.status, 200, "{site}: {}", resp.text());
+            assert_eq!(resp.json()["site"], site);
+        }
+        let after = cluster.backend_counts("2xx");
+        let moved: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert!(
+            moved.contains(&10.0) && moved.contains(&0.0),
+            "{site}: requests per backend {moved:?}, expected all 10 on one"
+        );
+    }
+    // The site name is normalised before hashing: case, port and trailing dot don't move it.
+    let resp = get(cluster.edge_port, "ALPHA.Example.:8080", "/hello");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.text().starts_with("Hello from alpha.example"),
+        "{}",
+        resp.text()
+    );
+}
+
+#[test]
+fn a_thousand_sites_spread_over_both_backends() {
+    let cluster = Cluster::start(&[]);
+    let before = cluster.backend_counts("4xx");
+    for i in 0..1000 {
+        let resp = get(cluster.edge_port, &format!("site{i}.example.org"), "/");
+        assert_eq!(resp.status, 404, "unknown site {i}");
+    }
+    let after = cluster.backend_counts("4xx");
+    let shares: Vec<f64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b) / 1000.0)
+        .collect();
+    assert_eq!(
+        shares.iter().sum::<f64>(),
+        1.0,
+        "every request reached a backend: {shares:?}"
+    );
+    for share in &shares {
+        assert!(*share >= 0.35, "uneven spread {shares:?}");
+    }
+}
+
+#[test]
+fn unknown_site_is_404_and_a_stopped_app_is_502_with_a_page() {
+    let cluster = Cluster::start(&["sleepy.example"]);
+    let resp = get(cluster.edge_port, "nobody.example", "/");
+    assert_eq!(resp.status, 404);
+    assert!(
+        resp.text().contains("There is no site with this name here"),
+        "{}",
+        resp.text()
+    );
+
+    let resp = get(cluster.edge_port, "sleepy.example", "/");
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert!(
+        resp.text().contains("web app for this site is not running"),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+
+    // A stale socket file that nobody listens on is the same as a stopped app.
+    std::os::unix::net::UnixListener::bind(cluster.emperor.sockets_dir.join("sleepy.example.sock"))
+        .map(drop)
+        .unwrap();
+    let resp = get(cluster.edge_port, "sleepy.example", "/");
+    assert_eq!(resp.status, 502, "{}", resp.text());
+}
+
+#[test]
+fn forwarding_headers_say_who_the_client_is_and_cannot_be_forged() {
+    let cluster = Cluster::start(&[]);
+    let forged = [
+        ("X-Forwarded-For", "203.0.113.66"),
+        ("X-Real-IP", "203.0.113.66"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    let environ =
+        get_with(cluster.edge_port, "beta.example", "/", &forged).json()["environ"].clone();
+    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1");
+    assert_eq!(environ["HTTP_X_REAL_IP"], "127.0.0.1");
+    assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "http");
+    assert_eq!(environ["HTTP_HOST"], "beta.example", "Host is preserved");
+
+    // A trusted hop (loopback by default) may speak for the client...
+    let (backend_port, _, _) = cluster.backends[0];
+    let environ = get_with(backend_port, "beta.example", "/", &forged).json()["environ"].clone();
+    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "203.0.113.66");
+
+    // ...an untrusted one may not.
+    let root = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let yaml = backend_yaml(
+        root.path(),
+        &cluster.emperor,
+        port,
+        metrics,
+        "  trusted_proxies: ['10.0.0.0/8']\n",
+    );
+    let _untrusting = Herald::start(root.path(), "untrusting", &yaml, &[port]);
+    let environ = get_with(port, "beta.example", "/", &forged).json()["environ"].clone();
+    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1");
+    assert_eq!(environ["HTTP_X_REAL_IP"], "127.0.0.1");
+    assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "http");
+}
+
+#[test]
+fn absolute_uri_names_the_site() {
+    let cluster = Cluster::start(&[]);
+    let resp = send_raw(cluster.edge_port, b"GET http://gamma.example/hello?x=1 HTTP/1.1\r\nHost: gamma.example\r\nConnection: close\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.text().starts_with("Hello from gamma.example"),
+        "{}",
+        resp.text()
+    );
+    // HTTP/1.0 without a Host header: the authority alone decides; the app gets origin form.
+    let resp = send_raw(
+        cluster.edge_port,
+        b"GET http://gamma.example/env?x=1 HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    let answer = resp.json();
+    assert_eq!(answer["site"], "gamma.example");
+    assert_eq!(answer["path"], "/env");
+    assert_eq!(answer["environ"]["QUERY_STRING"], "x=1");
+    // A Host that disagrees with the authority is refused rather than guessed at.
+    let resp = send_raw(
+        cluster.edge_port,
+        b"GET http://gamma.example/ HTTP/1.1\r\nHost: alpha.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 400);
+}
+
+#[test]
+fn hostile_hosts_get_400_and_never_reach_a_file() {
+    let cluster = Cluster::start(&[]);
+    // A vassal file just outside sites_dir: no Host may name it.
+    let outside = cluster.emperor.sites_dir.parent().unwrap().join("evil.ini");
+    std::fs::copy(
+        cluster.emperor.sites_dir.join("alpha.example.ini"),
+        &outside,
+    )
+    .unwrap();
+    let long_label = format!("{}.example", "a".repeat(64));
+    let long_name = vec!["abcdefghij"; 24].join(".");
+    let hosts: Vec<Vec<u8>> = [
+        "",
+        ".",
+        "..",
+        "../evil",
+        "..%2fevil",
+        "sites/../evil",
+        "/etc/passwd",
+        "a/b",
+        "a\\b",
+        "%2e%2e",
+        "alpha.example%00",
+        "alpha example",
+        "alpha..example",
+        ".alpha.example",
+        "-alpha.example",
+        "alpha-.example",
+        "alpha_beta.example",
+        "user@alpha.example",
+        "alpha.example:",
+        "alpha.example:99999",
+        "alpha.example:8o",
+        "127.0.0.1",
+        "127.1",
+        "[::1]",
+        "[::1]:80",
+        "*.example",
+        "alpha.example;rm",
+        &long_label,
+        &long_name,
+    ]
+    .iter()
+    .map(|h| h.as_bytes().to_vec())
+    .chain([
+        b"alpha\x00.example".to_vec(),
+        "ålpha.example".as_bytes().to_vec(),
+        b"alpha\t.example".to_vec(),
+    ])
+    .collect();
+    assert!(hosts.len() >= 15);
+    for port in [cluster.edge_port, cluster.backends[0].0] {
+        for host in &hosts {
+            let mut raw = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+            raw.extend_from_slice(host);
+            raw.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+            let resp = send_raw(port, &raw);
+            assert_eq!(
+                resp.status,
+                400,
+                "Host {:?} on port {port}: {}",
+                String::from_utf8_lossy(host),
+                resp.text()
+            );
+        }
+        // No Host at all, and two of them.
+        for raw in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: alpha.example\r\nHost: beta.example\r\nConnection: close\r\n\r\n",
+        ] {
+            assert_eq!(send_raw(port, raw).status, 400, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+    let served = cluster.backend_counts("2xx").iter().sum::<f64>();
+    assert_eq!(served, 0.0, "no hostile request reached an app");
+}
+
+#[test]
+fn request_bodies_reach_the_app_and_oversized_ones_are_refused() {
+    let cluster = Cluster::start(&[]);
+    let body = vec![b'x'; 256 * 1024];
+    let mut raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: alpha.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let answer = send_raw(cluster.edge_port, &raw).json();
+    assert_eq!(answer["body_length"], body.len());
+
+    let root = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let yaml = backend_yaml(
+        root.path(),
+        &cluster.emperor,
+        port,
+        metrics,
+        "  client_max_body_size: 1k\n",
+    );
+    let _small = Herald::start(root.path(), "small", &yaml, &[port]);
+    assert_eq!(send_raw(port, &raw).status, 413);
+    let chunked = b"POST / HTTP/1.1\r\nHost: alpha.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n800\r\n";
+    let mut raw = chunked.to_vec();
+    raw.extend_from_slice(&[b'y'; 0x800]);
+    raw.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_eq!(send_raw(port, &raw).status, 413);
+}
+
+#[test]
+fn metrics_count_requests_by_role_and_class() {
+    let cluster = Cluster::start(&[]);
+    let counts = |port| -> HashMap<&str, f64> {
+        ["2xx", "4xx"]
+            .into_iter()
+            .map(|c| {
+                (
+                    c,
+                    metric(
+                        port,
+                        "herald_requests_total",
+                        &[("role", "backend"), ("code", c)],
+                    ),
+                )
+            })
+            .collect()
+    };
+    let (backend_port, metrics_port, _) = cluster.backends[0];
+    let before = counts(metrics_port);
+    assert_eq!(get(backend_port, "alpha.example", "/").status, 200);
+    assert_eq!(get(backend_port, "bad_host", "/").status, 400);
+    let after = counts(metrics_port);
+    assert_eq!(after["2xx"] - before["2xx"], 1.0);
+    assert_eq!(after["4xx"] - before["4xx"], 1.0);
+}
