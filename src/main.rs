@@ -1,6 +1,7 @@
 //! Herald: one binary, two roles. `main` reads the command line and the configuration, then
 //! adds the edge and/or backend proxies (see `edge` and `backend`) to a Pingora server.
-#![forbid(unsafe_code)]
+// The one exception is registering inotify's descriptor with tokio (backend::socket_watch).
+#![deny(unsafe_code)]
 
 mod backend;
 mod cidr;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
     if let Some(edge) = &config.edge {
         edge::add_services(&mut server, edge);
     }
+    metrics::register_all();
     if let Some(backend) = &config.backend {
         backend::add_services(&mut server, backend);
     }

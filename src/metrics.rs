@@ -3,8 +3,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, Histogram, HistogramVec, IntCounter,
-    IntCounterVec,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 use std::time::Duration;
 
@@ -49,4 +49,82 @@ impl RoleMetrics {
         self.by_class[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
+}
+
+static APP_STARTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_app_starts_total",
+        "App starts by result: ok, timeout, failed (broken app or initializer error), refused (misconfigured vassal, or no start slot)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+static APP_START_DURATION: Lazy<Histogram> = Lazy::new(|| {
+    register_histogram!(
+        "herald_app_start_duration_seconds",
+        "Time from a start's first request to its app answering (or the start failing)",
+        vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+    )
+    .expect("metric registers once")
+});
+
+static APP_STARTS_IN_PROGRESS: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_app_starts_in_progress",
+        "App starts holding a start slot now"
+    )
+    .expect("metric registers once")
+});
+
+pub static APP_STOPS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!("herald_app_stops_total", "Idle apps stopped")
+        .expect("metric registers once")
+});
+
+pub static APPS_ENABLED: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_apps_enabled",
+        "Sites whose vassal is in the emperor's directory, at the last idle sweep"
+    )
+    .expect("metric registers once")
+});
+
+pub static REQUESTS_WAITED_ON_START: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_requests_waited_on_start_total",
+        "Requests that found their app not running and waited for it to start"
+    )
+    .expect("metric registers once")
+});
+
+pub fn record_start(result: &str, elapsed: Duration) {
+    APP_STARTS.with_label_values(&[result]).inc();
+    APP_START_DURATION.observe(elapsed.as_secs_f64());
+}
+
+/// Counts one start in `herald_app_starts_in_progress` for as long as it lives.
+pub struct StartInProgress(());
+
+impl StartInProgress {
+    pub fn new() -> Self {
+        APP_STARTS_IN_PROGRESS.inc();
+        StartInProgress(())
+    }
+}
+
+impl Drop for StartInProgress {
+    fn drop(&mut self) {
+        APP_STARTS_IN_PROGRESS.dec();
+    }
+}
+
+/// Registers every metric now, so a scrape shows them at zero before the first event.
+pub fn register_all() {
+    Lazy::force(&APP_STARTS);
+    Lazy::force(&APP_START_DURATION);
+    Lazy::force(&APP_STARTS_IN_PROGRESS);
+    Lazy::force(&APP_STOPS);
+    Lazy::force(&APPS_ENABLED);
+    Lazy::force(&REQUESTS_WAITED_ON_START);
 }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
+use std::time::Duration;
 
 pub struct Page {
     pub status: u16,
@@ -62,6 +63,31 @@ pub const BACKEND_UNAVAILABLE: Page = page!(
     "502 Bad Gateway",
     "The server that hosts this site could not be reached, or it failed to answer."
 );
+pub const APP_START_TIMEOUT: Page = page!(
+    504,
+    "504 Gateway Timeout",
+    "The web app for this site is taking too long to start. Please try again in a moment."
+);
+pub const APP_BROKEN: Page = page!(
+    502,
+    "502 Bad Gateway",
+    "The web app for this site failed to start or stopped answering. If this is your site, its error log says why."
+);
+pub const APP_MISCONFIGURED: Page = page!(
+    502,
+    "502 Bad Gateway",
+    "The web app for this site is not set up in a way this server can start."
+);
+pub const APP_START_UNAVAILABLE: Page = page!(
+    503,
+    "503 Service Unavailable",
+    "The web app for this site cannot be started right now. Please try again shortly."
+);
+pub const APP_BUSY: Page = page!(
+    503,
+    "503 Service Unavailable",
+    "The web app for this site is too busy to take this request. Please try again shortly."
+);
 pub const UNAVAILABLE: Page = page!(
     503,
     "503 Service Unavailable",
@@ -88,7 +114,22 @@ pub fn for_status(status: u16) -> &'static Page {
 /// Sends `page` unless a response has already started; the connection is then closed, since
 /// the request body may not have been read.
 pub async fn send(session: &mut Session, page: &Page) -> Result<()> {
-    let mut resp = ResponseHeader::build(page.status, Some(4))?;
+    send_with_retry_after(session, page, None).await
+}
+
+/// `send`, with a `Retry-After` header (whole seconds, at least 1) when `retry_after` is set.
+pub async fn send_with_retry_after(
+    session: &mut Session,
+    page: &Page,
+    retry_after: Option<Duration>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(page.status, Some(5))?;
+    if let Some(after) = retry_after {
+        resp.insert_header(
+            http::header::RETRY_AFTER,
+            after.as_secs_f64().ceil().max(1.0) as u64,
+        )?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, page.body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -116,21 +157,30 @@ pub fn status_of_error(e: &Error) -> u16 {
     }
 }
 
-/// Answers a request that could not be proxied with the page for its status; `bad_gateway`
-/// says which side failed when the status is 502.
+/// What a role decided to answer for a request it could not proxy.
+#[derive(Clone, Copy)]
+pub struct Failure {
+    pub page: &'static Page,
+    pub retry_after: Option<Duration>,
+}
+
+/// Answers a request that could not be proxied: with `decided` if the role chose a page for
+/// this status, otherwise with the page for the error's status (`bad_gateway` for 502,
+/// naming which side failed).
 pub async fn answer_proxy_failure(
     session: &mut Session,
     e: &Error,
-    bad_gateway: &Page,
+    decided: Option<Failure>,
+    bad_gateway: &'static Page,
 ) -> FailToProxy {
     let status = status_of_error(e);
-    let page = if status == 502 {
-        bad_gateway
-    } else {
-        for_status(status)
+    let (page, retry_after) = match decided {
+        Some(failure) if failure.page.status == status => (failure.page, failure.retry_after),
+        _ if status == 502 => (bad_gateway, None),
+        _ => (for_status(status), None),
     };
     if status != 0 {
-        if let Err(e) = send(session, page).await {
+        if let Err(e) = send_with_retry_after(session, page, retry_after).await {
             log::debug!("could not send the {status} page: {e}");
         }
     }

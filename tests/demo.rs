@@ -23,8 +23,10 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
         "\"site\": \"gamma.localhost\"",
         "HTTP/1.1 404 Not Found",
         "HTTP/1.1 400 Bad Request",
+        "Hello from sleepy.localhost",
         "HTTP/1.1 502 Bad Gateway",
-        "herald_requests_total{code=\"2xx\",role=\"edge\"} 3",
+        "failed to start",
+        "herald_requests_total{code=\"2xx\",role=\"edge\"} 4",
     ] {
         assert!(
             stdout.contains(expected),
@@ -32,7 +34,12 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
         );
     }
     // Everything the demo started is gone: nothing is listening on its sockets any more.
-    for site in ["alpha.localhost", "beta.localhost", "gamma.localhost"] {
+    for site in [
+        "alpha.localhost",
+        "beta.localhost",
+        "gamma.localhost",
+        "sleepy.localhost",
+    ] {
         let socket = dir.path().join("sockets").join(format!("{site}.sock"));
         assert!(
             std::os::unix::net::UnixStream::connect(&socket).is_err(),

@@ -1,7 +1,13 @@
 //! The backend role: the site's uWSGI app listens on a unix socket (`http-socket`), and the
-//! request is proxied over it.
+//! request is proxied over it. When nothing listens there, the app is started (`starter`)
+//! and the request retried once; apps that go idle are stopped again (`reaper`).
 
+pub mod activity;
+pub mod initializer;
+pub mod reaper;
 pub mod sites;
+pub mod socket_watch;
+pub mod starter;
 
 use crate::cidr::Cidr;
 use crate::config::{BackendConfig, UpstreamTimeouts};
@@ -9,29 +15,90 @@ use crate::forwarding;
 use crate::frontdoor::FrontDoor;
 use crate::metrics::RoleMetrics;
 use crate::pages;
+use activity::{Activity, SiteActivity};
 use async_trait::async_trait;
 use bytes::Bytes;
+use initializer::Initializer;
 use log::{info, warn};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::server::Server;
+use pingora::services::background::GenBackgroundService;
 use sites::Sites;
-use std::time::Instant;
+use socket_watch::SocketWatcher;
+use starter::Starter;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct BackendProxy {
     front_door: FrontDoor,
-    sites: Sites,
+    sites: Arc<Sites>,
     trusted_proxies: Vec<Cidr>,
     upstream: UpstreamTimeouts,
     metrics: RoleMetrics,
+    activity: Arc<Activity>,
+    starter: Arc<Starter>,
+    /// `server.max_retries`: Pingora's limit on upstream attempts per request.
+    max_attempts: usize,
+}
+
+/// The pause before the next connect to a busy app: doubling from 5 ms, at most 100 ms.
+fn busy_pause(attempts: usize) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    (BUSY_FIRST_PAUSE * 2u32.pow(doublings)).min(BUSY_MAX_PAUSE)
 }
 
 pub struct BackendCtx {
     started: Instant,
     site: String,
     body_received: u64,
+    activity: Option<Arc<SiteActivity>>,
+    /// The last connect found nothing listening: start the app before the next attempt.
+    needs_start: bool,
+    /// The one start (or wait for a start) this request may do has happened.
+    start_attempted: bool,
+    failure: Option<pages::Failure>,
+    /// Upstream attempts so far (Pingora stops at `server.max_retries`).
+    attempts: usize,
+    /// When the app first refused a connection for a full listen queue.
+    busy_since: Option<Instant>,
+    /// How long to let a busy app drain its queue before the next connect.
+    busy_pause: Option<Duration>,
 }
+
+/// What a failed connect to an app's socket says about the app.
+enum ConnectFailure {
+    /// No socket file, or nobody accepting on it: the app is not running.
+    NotRunning,
+    /// Listen queue full, or no accept in time: the app runs but is overloaded.
+    Busy,
+    Other,
+}
+
+fn classify_connect_failure(e: &Error) -> ConnectFailure {
+    if matches!(e.etype(), ConnectTimedout) {
+        return ConnectFailure::Busy;
+    }
+    match e
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .map(|io| io.kind())
+    {
+        Some(ErrorKind::NotFound | ErrorKind::ConnectionRefused) => ConnectFailure::NotRunning,
+        Some(ErrorKind::WouldBlock) => ConnectFailure::Busy,
+        _ => ConnectFailure::Other,
+    }
+}
+
+/// An overloaded app is asked for again after this long, not started a second time.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Between connects to an app whose listen queue is full, within `connect_timeout`.
+const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(5);
+const BUSY_MAX_PAUSE: Duration = Duration::from_millis(100);
 
 impl BackendProxy {
     fn is_trusted(&self, session: &Session) -> bool {
@@ -49,6 +116,13 @@ impl ProxyHttp for BackendProxy {
             started: Instant::now(),
             site: String::new(),
             body_received: 0,
+            activity: None,
+            needs_start: false,
+            start_attempted: false,
+            failure: None,
+            attempts: 0,
+            busy_since: None,
+            busy_pause: None,
         }
     }
 
@@ -60,6 +134,7 @@ impl ProxyHttp for BackendProxy {
             pages::send(session, &pages::UNKNOWN_SITE).await?;
             return Ok(true);
         }
+        ctx.activity = Some(self.activity.begin_request(&site));
         ctx.site = site;
         Ok(false)
     }
@@ -80,6 +155,25 @@ impl ProxyHttp for BackendProxy {
         _session: &mut Session,
         ctx: &mut BackendCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.attempts += 1;
+        if let Some(pause) = ctx.busy_pause.take() {
+            tokio::time::sleep(pause).await;
+        }
+        let activity = ctx.activity.clone().expect("set for every known site");
+        // An app being stopped for idleness is treated as not running: the start waits for
+        // it to exit and brings up a new one, rather than sending a request into its exit.
+        if !ctx.start_attempted && (ctx.needs_start || activity.is_stopping()) {
+            ctx.needs_start = false;
+            ctx.start_attempted = true;
+            if let Err(failure) = self.starter.ensure_running(&ctx.site, activity).await {
+                let status = failure.error.status();
+                ctx.failure = Some(pages::Failure {
+                    page: failure.error.page(),
+                    retry_after: (status == 503).then_some(failure.retry_after),
+                });
+                return Error::e_explain(HTTPStatus(status), "app start failed");
+            }
+        }
         let path = self.sites.socket_path(&ctx.site);
         let mut peer = HttpPeer::new_uds(&path, false, String::new()).map_err(|e| {
             // Only a site name near the 253-byte limit can make the path too long for sun_path.
@@ -110,16 +204,98 @@ impl ProxyHttp for BackendProxy {
         )
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut BackendCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let app_died_starting = ctx.start_attempted
+            && !client_reused
+            && session.response_written().is_none()
+            && matches!(e.etype(), ReadError | ConnectionClosed);
+        if app_died_starting {
+            self.starter.report_died_after_start(&ctx.site);
+            ctx.failure = Some(pages::Failure {
+                page: &pages::APP_BROKEN,
+                retry_after: None,
+            });
+        }
+        // Pingora's own rule: retry on a fresh connection only idempotent requests whose
+        // body is still buffered, and only when a reused connection failed.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// A connect that failed because the app is not running is retried after starting it:
+    /// expected, so not worth Pingora's warning.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &BackendCtx,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        ctx.needs_start || ctx.busy_pause.is_some()
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut BackendCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        match classify_connect_failure(&e) {
+            // Nothing was sent, so any method may be retried once the app is up.
+            ConnectFailure::NotRunning if !ctx.start_attempted => {
+                ctx.needs_start = true;
+                e.set_retry(true);
+                e
+            }
+            // A full listen queue drains quickly: wait for it within connect_timeout, as
+            // a blocking connect would, while Pingora's retry budget lasts.
+            ConnectFailure::Busy
+                if ctx.busy_since.get_or_insert_with(Instant::now).elapsed()
+                    < self.upstream.connect
+                    && ctx.attempts + 1 < self.max_attempts =>
+            {
+                ctx.busy_pause = Some(busy_pause(ctx.attempts));
+                e.set_retry(true);
+                e
+            }
+            ConnectFailure::Busy => {
+                ctx.failure = Some(pages::Failure {
+                    page: &pages::APP_BUSY,
+                    retry_after: Some(BUSY_RETRY_AFTER),
+                });
+                Error::because(HTTPStatus(503), "app is overloaded", e)
+            }
+            _ => e,
+        }
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut BackendCtx,
+        ctx: &mut BackendCtx,
     ) -> FailToProxy {
-        pages::answer_proxy_failure(session, e, &pages::APP_UNAVAILABLE).await
+        pages::answer_proxy_failure(session, e, ctx.failure, &pages::APP_UNAVAILABLE).await
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut BackendCtx) {
+        if let Some(activity) = ctx.activity.take() {
+            self.activity.end_request(&activity);
+        }
         let status = session.response_written().map(|r| r.status.as_u16());
         self.metrics.observe(status, ctx.started.elapsed());
     }
@@ -134,12 +310,35 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         config.socket_path.path_for("{host}"),
         config.frontend.listen
     );
+    let sites = Arc::new(Sites::new(
+        config.sites_dir.clone(),
+        config.socket_path.clone(),
+    ));
+    let activity = Arc::new(Activity::new());
+    let initializer = Arc::new(Initializer::new(
+        &config.starts.initializer,
+        &config.sites_dir,
+        &config.vassals_dir,
+        &config.socket_path,
+    ));
+    let watcher = Arc::new(SocketWatcher::new(
+        config.socket_path.directory().to_owned(),
+    ));
+    let starter = Arc::new(Starter::new(
+        &config.starts,
+        initializer.clone(),
+        config.socket_path.clone(),
+        watcher.clone(),
+    ));
     let proxy = BackendProxy {
         front_door: FrontDoor::new(&config.frontend),
-        sites: Sites::new(config.sites_dir.clone(), config.socket_path.clone()),
+        sites: sites.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
         upstream: config.upstream,
         metrics: RoleMetrics::new("backend"),
+        activity: activity.clone(),
+        starter,
+        max_attempts: server.configuration.max_retries,
     };
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -149,5 +348,25 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
     for addr in &config.frontend.listen {
         service.add_tcp(&addr.to_string());
     }
-    server.add_service(service);
+    let proxy_handle = server.add_service(service);
+    let watcher_handle = server.add_service(GenBackgroundService::new(
+        "herald socket watch".into(),
+        watcher,
+    ));
+    proxy_handle.add_dependency(&watcher_handle);
+    match config.starts.idle_timeout {
+        Some(idle_timeout) if initializer.can_stop() => {
+            let reaper = reaper::Reaper {
+                activity,
+                initializer,
+                sites,
+                vassals_dir: config.vassals_dir.clone(),
+                idle_timeout,
+                stop_timeout: config.starts.start_timeout,
+            };
+            server.add_service(GenBackgroundService::new("herald idle reaper".into(), Arc::new(reaper)));
+        }
+        Some(_) => warn!("backend.idle_timeout is set but the http initializer has no stop_url: idle apps keep running"),
+        None => {}
+    }
 }

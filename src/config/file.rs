@@ -57,6 +57,28 @@ pub struct BackendSection {
     pub keepalive_timeout: Option<Scalar>,
     pub upstream_keepalive_timeout: Option<Scalar>,
     pub client_max_body_size: Option<Scalar>,
+    pub initializer: Option<InitializerSection>,
+    pub start_timeout: Option<Scalar>,
+    pub max_starts: Option<usize>,
+    pub start_queue: Option<usize>,
+    pub retry_after: Option<Scalar>,
+    pub idle_timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitializerSection {
+    pub kind: Option<InitializerKind>,
+    pub url: Option<String>,
+    pub stop_url: Option<String>,
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitializerKind {
+    Local,
+    Http,
 }
 
 /// A YAML string or number kept as text, for values with units (`10s`, `1m`, `10.0.0.1:80 2`)

@@ -74,6 +74,50 @@ pub struct BackendConfig {
     pub socket_path: SocketTemplate,
     pub trusted_proxies: Vec<Cidr>,
     pub upstream: UpstreamTimeouts,
+    pub starts: AppStarts,
+}
+
+/// How apps that are not running are started, and when idle ones are stopped.
+#[derive(Debug, Clone)]
+pub struct AppStarts {
+    pub initializer: InitializerConfig,
+    /// How long a start may take before the visitor gets 504; also the age past which an
+    /// enabled vassal whose socket does not answer counts as broken.
+    pub start_timeout: Duration,
+    /// Starts in progress at once, across all sites.
+    pub max_starts: usize,
+    /// Sites that may wait for a start slot; more get 503 at once.
+    pub start_queue: usize,
+    /// How long a failed start is remembered (requests meanwhile get the error at once).
+    pub retry_after: Duration,
+    /// `None`: apps are never stopped.
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub enum InitializerConfig {
+    /// Copy `sites_dir/<site>.ini` into `vassals_dir`; remove it to stop.
+    Local,
+    /// Ask the operator's control plane.
+    Http(Box<HttpInitializerConfig>),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpInitializerConfig {
+    pub start: HttpEndpoint,
+    pub stop: Option<HttpEndpoint>,
+    /// Per call.
+    pub timeout: Duration,
+}
+
+/// A plain-HTTP URL resolved once, when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpEndpoint {
+    pub url: String,
+    pub addr: SocketAddr,
+    /// The Host header: the URL's authority as written.
+    pub authority: String,
+    pub path: String,
 }
 
 /// `socket_path` with its one `{host}` placeholder, which sits in the file name so that every

@@ -1,7 +1,9 @@
 //! From the on-disk shapes to the runtime `Config`: every value is checked, every problem is
 //! collected (`file: field: what is wrong`), and loading fails once, with all of them.
 
-use super::file::{BackendSection, EdgeSection, FileConfig, HashName, Scalar};
+use super::file::{
+    BackendSection, EdgeSection, FileConfig, HashName, InitializerKind, InitializerSection, Scalar,
+};
 use super::units::{parse_duration, parse_size};
 use super::*;
 use std::collections::HashSet;
@@ -19,6 +21,12 @@ const DEFAULT_BACKEND_READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// Below uWSGI's own keep-alive timeout (`socket-timeout`, 4 s by default), so a pooled
 /// connection is dropped by Herald before uWSGI closes it under a request.
 const DEFAULT_BACKEND_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(2);
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_STARTS: usize = 8;
+const DEFAULT_START_QUEUE: usize = 1000;
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_INITIALIZER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -252,6 +260,7 @@ impl Checker {
                 DEFAULT_BACKEND_UPSTREAM_KEEPALIVE,
             ),
         };
+        let starts = self.app_starts(&raw);
         BackendConfig {
             frontend,
             sites_dir,
@@ -259,6 +268,102 @@ impl Checker {
             socket_path,
             trusted_proxies,
             upstream,
+            starts,
+        }
+    }
+
+    fn app_starts(&mut self, raw: &BackendSection) -> AppStarts {
+        let initializer = self.initializer(raw.initializer.as_ref());
+        let max_starts = raw.max_starts.unwrap_or(DEFAULT_MAX_STARTS);
+        if max_starts == 0 {
+            self.bad("backend.max_starts", "must be at least 1");
+        }
+        let idle_timeout = self.duration(
+            "backend.idle_timeout",
+            raw.idle_timeout.as_ref(),
+            DEFAULT_IDLE_TIMEOUT,
+        );
+        let start_timeout = self.duration(
+            "backend.start_timeout",
+            raw.start_timeout.as_ref(),
+            DEFAULT_START_TIMEOUT,
+        );
+        if start_timeout.is_zero() {
+            self.bad("backend.start_timeout", "must be more than 0");
+        }
+        AppStarts {
+            initializer,
+            start_timeout,
+            max_starts,
+            start_queue: raw.start_queue.unwrap_or(DEFAULT_START_QUEUE),
+            retry_after: self.duration(
+                "backend.retry_after",
+                raw.retry_after.as_ref(),
+                DEFAULT_RETRY_AFTER,
+            ),
+            idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+        }
+    }
+
+    fn initializer(&mut self, raw: Option<&InitializerSection>) -> InitializerConfig {
+        let Some(raw) = raw else {
+            return InitializerConfig::Local;
+        };
+        match raw.kind.unwrap_or(InitializerKind::Local) {
+            InitializerKind::Local => {
+                for (key, set) in [
+                    ("url", raw.url.is_some()),
+                    ("stop_url", raw.stop_url.is_some()),
+                    ("timeout", raw.timeout.is_some()),
+                ] {
+                    if set {
+                        self.bad(
+                            format!("backend.initializer.{key}"),
+                            "only used with `kind: http`",
+                        );
+                    }
+                }
+                InitializerConfig::Local
+            }
+            InitializerKind::Http => {
+                let start = match &raw.url {
+                    Some(url) => self.http_endpoint("backend.initializer.url", url),
+                    None => {
+                        self.bad(
+                            "backend.initializer.url",
+                            "required with `kind: http`, like http://127.0.0.1:8001/start",
+                        );
+                        None
+                    }
+                };
+                let stop = raw
+                    .stop_url
+                    .as_ref()
+                    .and_then(|url| self.http_endpoint("backend.initializer.stop_url", url));
+                let timeout = self.duration(
+                    "backend.initializer.timeout",
+                    raw.timeout.as_ref(),
+                    DEFAULT_INITIALIZER_TIMEOUT,
+                );
+                match start {
+                    Some(start) => InitializerConfig::Http(Box::new(HttpInitializerConfig {
+                        start,
+                        stop,
+                        timeout,
+                    })),
+                    None => InitializerConfig::Local,
+                }
+            }
+        }
+    }
+
+    fn http_endpoint(&mut self, field: &str, url: &str) -> Option<HttpEndpoint> {
+        match parse_http_url(url) {
+            Ok(endpoint) => Some(endpoint),
+            Err(message) => {
+                self.bad(field, message);
+                None
+            }
         }
     }
 
@@ -440,6 +545,35 @@ impl Checker {
     }
 }
 
+/// `http://host:port/path` (plain HTTP), resolved now so that no request waits on DNS.
+fn parse_http_url(url: &str) -> Result<HttpEndpoint, String> {
+    use std::net::ToSocketAddrs;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("invalid URL {url:?}: expected http://host:port/path"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("invalid URL {url:?}: only http:// is supported"));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("invalid URL {url:?}: no host"))?;
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = (
+        authority.host().trim_matches(|c| c == '[' || c == ']'),
+        port,
+    )
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("invalid URL {url:?}: cannot resolve {:?}", authority.host()))?;
+    Ok(HttpEndpoint {
+        url: url.to_owned(),
+        addr,
+        authority: authority.as_str().to_owned(),
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+    })
+}
+
 /// `ip:port` or `ip:port weight`, as in `edge.backends` (and later the backends file).
 pub fn parse_backend_entry(text: &str) -> Result<BackendAddr, String> {
     let mut words = text.split_whitespace();
@@ -550,6 +684,46 @@ mod tests {
             backend.socket_path.path_for("a.example"),
             "/tmp/a.example.sock"
         );
+    }
+
+    #[test]
+    fn app_start_settings() {
+        let base = "backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: /tmp/{host}.sock\n";
+        let starts = parse("t.yaml", base).unwrap().backend.unwrap().starts;
+        assert!(matches!(starts.initializer, InitializerConfig::Local));
+        assert_eq!(starts.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+        let yaml = format!("{base}  idle_timeout: 0\n  initializer:\n    kind: http\n    url: http://127.0.0.1:8001/start?x=1\n    timeout: 500ms\n");
+        let starts = parse("t.yaml", &yaml).unwrap().backend.unwrap().starts;
+        assert_eq!(starts.idle_timeout, None);
+        let InitializerConfig::Http(http) = starts.initializer else {
+            panic!("http initializer expected");
+        };
+        let HttpInitializerConfig {
+            start,
+            stop,
+            timeout,
+        } = *http;
+        assert_eq!(start.addr, "127.0.0.1:8001".parse().unwrap());
+        assert_eq!(start.path, "/start?x=1");
+        assert_eq!(start.authority, "127.0.0.1:8001");
+        assert_eq!(stop, None);
+        assert_eq!(timeout, Duration::from_millis(500));
+        let yaml = format!("{base}  max_starts: 0\n  initializer:\n    kind: http\n    url: https://x/\n    stop_url: nope\n");
+        let text = problems(&yaml);
+        assert!(
+            text.contains("backend.max_starts: must be at least 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backend.initializer.url: invalid URL \"https://x/\": only http://"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backend.initializer.stop_url: invalid URL"),
+            "{text}"
+        );
+        let yaml = format!("{base}  initializer:\n    kind: local\n    url: http://127.0.0.1/\n");
+        assert!(problems(&yaml).contains("backend.initializer.url: only used with `kind: http`"));
     }
 
     #[test]

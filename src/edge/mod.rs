@@ -101,7 +101,7 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         _ctx: &mut EdgeCtx,
     ) -> FailToProxy {
-        pages::answer_proxy_failure(session, e, &pages::BACKEND_UNAVAILABLE).await
+        pages::answer_proxy_failure(session, e, None, &pages::BACKEND_UNAVAILABLE).await
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut EdgeCtx) {

@@ -138,10 +138,7 @@ impl Emperor {
         for dir in [&sites_dir, &vassals_dir, &sockets_dir] {
             fs::create_dir_all(dir).unwrap();
         }
-        let template = fs::read_to_string(repo_path("demo/vassal.ini.template")).unwrap();
-        let vassal = template
-            .replace("@SOCKET_DIR@", sockets_dir.to_str().unwrap())
-            .replace("@APP@", repo_path("demo/app.py").to_str().unwrap());
+        let vassal = demo_vassal(&sockets_dir, &repo_path("demo/app.py"));
         for site in running.iter().chain(available) {
             fs::write(sites_dir.join(format!("{site}.ini")), &vassal).unwrap();
         }
@@ -172,6 +169,38 @@ impl Emperor {
         }
     }
 
+    /// Makes `site` available with its own vassal text (for broken or slow apps).
+    pub fn add_site(&self, site: &str, vassal: &str) {
+        fs::write(self.sites_dir.join(format!("{site}.ini")), vassal).unwrap();
+    }
+
+    /// The demo vassal running `app` instead of the demo app, with `extra` lines in [uwsgi].
+    pub fn vassal(&self, app: &Path, extra: &str) -> String {
+        demo_vassal(&self.sockets_dir, app).replace("[uwsgi]\n", &format!("[uwsgi]\n{extra}"))
+    }
+
+    pub fn enabled(&self, site: &str) -> PathBuf {
+        self.vassals_dir.join(format!("{site}.ini"))
+    }
+
+    /// How many times the emperor has spawned `site`'s vassal so far.
+    pub fn spawn_count(&self, site: &str) -> usize {
+        self.log()
+            .matches(&format!("[emperor] vassal {site}.ini has been spawned"))
+            .count()
+    }
+
+    /// A herald config with a backend role over this emperor's sites; `extra` lines go
+    /// under `backend:`.
+    pub fn backend_yaml(&self, port: u16, metrics: u16, extra: &str) -> String {
+        format!(
+            "metrics:\n  listen: 127.0.0.1:{metrics}\nbackend:\n  listen: ['127.0.0.1:{port}']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}\n{extra}",
+            self.sites_dir.display(),
+            self.vassals_dir.display(),
+            self.socket_template()
+        )
+    }
+
     pub fn socket_template(&self) -> String {
         format!("{}/{{host}}.sock", self.sockets_dir.display())
     }
@@ -179,6 +208,13 @@ impl Emperor {
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+fn demo_vassal(sockets_dir: &Path, app: &Path) -> String {
+    fs::read_to_string(repo_path("demo/vassal.ini.template"))
+        .unwrap()
+        .replace("@SOCKET_DIR@", sockets_dir.to_str().unwrap())
+        .replace("@APP@", app.to_str().unwrap())
 }
 
 /// A herald process running `yaml`, started once all of `ports` accept connections.

@@ -1,0 +1,105 @@
+//! Stops apps that have had no request for `idle_timeout`: every enabled vassal of a known
+//! site is looked at on each sweep, including apps that were running before Herald started.
+
+use super::activity::Activity;
+use super::initializer::Initializer;
+use super::sites::Sites;
+use crate::{host, metrics};
+use async_trait::async_trait;
+use log::{info, warn};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UnixStream;
+
+pub struct Reaper {
+    pub activity: Arc<Activity>,
+    pub initializer: Arc<Initializer>,
+    pub sites: Arc<Sites>,
+    pub vassals_dir: PathBuf,
+    pub idle_timeout: Duration,
+    /// How long to wait for a stopped app's socket to go away before forgetting it stops.
+    pub stop_timeout: Duration,
+}
+
+impl Reaper {
+    /// Often enough that an app stops within about a tenth of `idle_timeout` of going idle.
+    fn sweep_interval(&self) -> Duration {
+        (self.idle_timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
+    async fn sweep(&self) {
+        let mut entries = match tokio::fs::read_dir(&self.vassals_dir).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!("idle sweep: cannot read {:?}: {e}", self.vassals_dir);
+                return;
+            }
+        };
+        let mut enabled = 0;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let file_name = entry.file_name();
+            let Some(site) = file_name
+                .to_str()
+                .and_then(|name| name.strip_suffix(".ini"))
+            else {
+                continue;
+            };
+            // Only vassals named like a site Herald knows; the directory may hold others.
+            if host::parse_site(site.as_bytes(), true).as_deref() != Ok(site)
+                || !self.sites.is_known(site)
+            {
+                continue;
+            }
+            enabled += 1;
+            let record = self.activity.site(site);
+            if self.activity.idle_for(&record) < self.idle_timeout || !record.try_begin_stop() {
+                continue;
+            }
+            match self.initializer.disable(site).await {
+                Ok(()) => {
+                    info!(
+                        "stop {site}: idle for {} s",
+                        self.activity.idle_for(&record).as_secs()
+                    );
+                    metrics::APP_STOPS.inc();
+                    enabled -= 1;
+                    self.activity.reset(&record);
+                    let socket = self.sites.socket_path(site);
+                    let deadline = Instant::now() + self.stop_timeout;
+                    let record = record.clone();
+                    // Requests meanwhile take the cold-start path, which waits for the old app
+                    // to exit; this ends the stopping state if none comes.
+                    tokio::spawn(async move {
+                        while Instant::now() < deadline
+                            && UnixStream::connect(&socket).await.is_ok()
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        record.end_stop();
+                    });
+                }
+                Err(e) => {
+                    warn!("stop {site}: {e}");
+                    record.end_stop();
+                }
+            }
+        }
+        metrics::APPS_ENABLED.set(enabled);
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reaper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let interval = self.sweep_interval();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(interval) => self.sweep().await,
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Starting a site's app when a request finds it not running: one start per site however
+//! many requests wait on it (single flight), at most `max_starts` at once across sites, a
+//! bounded queue beyond that, and a memory of failed starts so a broken app is not started
+//! over and over.
+
+use super::activity::SiteActivity;
+use super::initializer::{InitError, Initializer};
+use super::socket_watch::{SocketChange, SocketWatcher};
+use crate::config::{AppStarts, SocketTemplate};
+use crate::metrics;
+use crate::pages::{self, Page};
+use log::{info, warn};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, watch, Semaphore};
+
+/// Why a request's app could not be made to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    /// The app did not answer within `start_timeout` (504).
+    TimedOut,
+    /// The app is enabled but does not answer, or died while starting (502).
+    Broken,
+    /// The site's vassal cannot work as written (502).
+    Misconfigured,
+    /// The initializer failed or refused (503).
+    Failed,
+    /// Too many starts in progress or queued (503).
+    Busy,
+}
+
+impl StartError {
+    pub fn status(self) -> u16 {
+        match self {
+            StartError::TimedOut => 504,
+            StartError::Broken | StartError::Misconfigured => 502,
+            StartError::Failed | StartError::Busy => 503,
+        }
+    }
+
+    pub fn page(self) -> &'static Page {
+        match self {
+            StartError::TimedOut => &pages::APP_START_TIMEOUT,
+            StartError::Broken => &pages::APP_BROKEN,
+            StartError::Misconfigured => &pages::APP_MISCONFIGURED,
+            StartError::Failed | StartError::Busy => &pages::APP_START_UNAVAILABLE,
+        }
+    }
+
+    /// The `result` label of `herald_app_starts_total`.
+    pub fn result(self) -> &'static str {
+        match self {
+            StartError::TimedOut => "timeout",
+            StartError::Broken | StartError::Failed => "failed",
+            StartError::Misconfigured | StartError::Busy => "refused",
+        }
+    }
+}
+
+/// A failed start as a request sees it: what went wrong, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartFailure {
+    pub error: StartError,
+    pub retry_after: Duration,
+}
+
+type Outcome = Result<(), StartFailure>;
+
+/// How often a waiting start re-checks the socket; inotify (`SocketWatcher`) usually wakes it
+/// sooner.
+const FIRST_POLL: Duration = Duration::from_millis(1);
+const MAX_POLL: Duration = Duration::from_millis(5);
+/// A busy slot queue answers Retry-After with this; a failed start with `retry_after`.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+pub struct Starter {
+    initializer: Arc<Initializer>,
+    socket_path: SocketTemplate,
+    watcher: Arc<SocketWatcher>,
+    start_timeout: Duration,
+    retry_after: Duration,
+    start_queue: usize,
+    slots: Semaphore,
+    queued: AtomicUsize,
+    flights: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
+    failures: Mutex<HashMap<String, (Instant, StartFailure)>>,
+}
+
+impl Starter {
+    pub fn new(
+        config: &AppStarts,
+        initializer: Arc<Initializer>,
+        socket_path: SocketTemplate,
+        watcher: Arc<SocketWatcher>,
+    ) -> Self {
+        Starter {
+            initializer,
+            socket_path,
+            watcher,
+            start_timeout: config.start_timeout,
+            retry_after: config.retry_after,
+            start_queue: config.start_queue,
+            slots: Semaphore::new(config.max_starts),
+            queued: AtomicUsize::new(0),
+            flights: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns once the site's app answers on its socket, starting it if needed. Every caller
+    /// for the same site shares one start, which runs on its own task so that a client that
+    /// goes away does not cancel it for the others.
+    pub async fn ensure_running(
+        self: &Arc<Self>,
+        site: &str,
+        activity: Arc<SiteActivity>,
+    ) -> Outcome {
+        if let Some(failure) = self.recent_failure(site) {
+            return Err(failure);
+        }
+        let mut outcome = {
+            let mut flights = self.flights.lock().expect("flights lock");
+            match flights.get(site) {
+                Some(flight) => flight.clone(),
+                None => {
+                    let (done, outcome) = watch::channel(None);
+                    flights.insert(site.to_owned(), outcome.clone());
+                    let starter = self.clone();
+                    let site = site.to_owned();
+                    tokio::spawn(async move {
+                        let result = starter.start(&site, &activity).await;
+                        if let Err(failure) = result {
+                            if failure.error != StartError::Busy {
+                                starter.remember_failure(&site, failure);
+                            }
+                        }
+                        starter.flights.lock().expect("flights lock").remove(&site);
+                        let _ = done.send(Some(result));
+                    });
+                    outcome
+                }
+            }
+        };
+        metrics::REQUESTS_WAITED_ON_START.inc();
+        let result = match outcome.wait_for(Option::is_some).await {
+            Ok(result) => result.expect("waited for Some"),
+            // The start task ended without an answer: only a panic does that.
+            Err(_) => Err(StartFailure {
+                error: StartError::Failed,
+                retry_after: BUSY_RETRY_AFTER,
+            }),
+        };
+        result
+    }
+
+    /// The app came up for a start and then dropped the first request it was sent without an
+    /// answer: it died loading (uWSGI listens before it imports the app). Requests get the
+    /// broken-app page at once for `retry_after`, instead of each waiting on the next respawn.
+    pub fn report_died_after_start(&self, site: &str) {
+        warn!(
+            "start {site}: failed, the app closed its first request unanswered; see its uWSGI log"
+        );
+        self.remember_failure(
+            site,
+            StartFailure {
+                error: StartError::Broken,
+                retry_after: self.retry_after,
+            },
+        );
+    }
+
+    fn recent_failure(&self, site: &str) -> Option<StartFailure> {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let (at, failure) = failures.get(site).copied()?;
+        let remaining = self.retry_after.saturating_sub(at.elapsed());
+        if remaining.is_zero() {
+            failures.remove(site);
+            return None;
+        }
+        Some(StartFailure {
+            retry_after: remaining,
+            ..failure
+        })
+    }
+
+    fn remember_failure(&self, site: &str, failure: StartFailure) {
+        let mut failures = self.failures.lock().expect("failures lock");
+        // Forget expired entries here rather than in a task of their own.
+        failures.retain(|_, (at, _)| at.elapsed() < self.retry_after);
+        failures.insert(site.to_owned(), (Instant::now(), failure));
+    }
+
+    /// One start, with its slot, its log line and its metrics.
+    async fn start(&self, site: &str, activity: &SiteActivity) -> Outcome {
+        let began = Instant::now();
+        let busy = StartFailure {
+            error: StartError::Busy,
+            retry_after: BUSY_RETRY_AFTER,
+        };
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.start_queue {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            warn!(
+                "start {site}: refused, {} sites already wait for a start slot",
+                self.start_queue
+            );
+            metrics::record_start("refused", began.elapsed());
+            return Err(busy);
+        }
+        let slot = tokio::time::timeout(self.start_timeout, self.slots.acquire()).await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let Ok(Ok(_slot)) = slot else {
+            warn!(
+                "start {site}: refused, no start slot within {:?}",
+                self.start_timeout
+            );
+            metrics::record_start("refused", began.elapsed());
+            return Err(busy);
+        };
+        let _in_progress = metrics::StartInProgress::new();
+        let result = self
+            .bring_up(site, activity, began + self.start_timeout)
+            .await;
+        let elapsed = began.elapsed();
+        match result {
+            Ok(()) => {
+                info!("start {site}: ok in {} ms", elapsed.as_millis());
+                metrics::record_start("ok", elapsed);
+                Ok(())
+            }
+            Err(error) => {
+                metrics::record_start(error.result(), elapsed);
+                Err(StartFailure {
+                    error,
+                    retry_after: self.retry_after,
+                })
+            }
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        site: &str,
+        activity: &SiteActivity,
+        deadline: Instant,
+    ) -> Result<(), StartError> {
+        let socket = self.socket_path.path_for(site);
+        let changes = self.watcher.subscribe();
+        if !activity.is_stopping() && answers(&socket).await {
+            // Up since the request's connect failed (another start, or an emperor restart).
+            return Ok(());
+        }
+        if activity.is_stopping() {
+            // The reaper just disabled this app: let the old one go before enabling a new
+            // one, so the emperor sees a new vassal rather than a changed one.
+            wait_until_gone(&socket, deadline).await.inspect_err(|_| {
+                warn!("start {site}: timeout, the stopping app did not exit");
+            })?;
+            activity.end_stop();
+        }
+        let vassal = self.initializer.enabled_vassal(site);
+        let deadline = match tokio::fs::metadata(&vassal).await {
+            Ok(meta) => {
+                // Enabled already (by us before a restart, by another Herald process, or by
+                // the control plane): still starting if recent, broken if not.
+                let written = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                let age = SystemTime::now()
+                    .duration_since(written)
+                    .unwrap_or_default();
+                if age >= self.start_timeout {
+                    warn!(
+                        "start {site}: failed, its vassal {vassal:?} is {}s old and the app does not answer; see the app's uWSGI log",
+                        age.as_secs()
+                    );
+                    return Err(StartError::Broken);
+                }
+                deadline.min(Instant::now() + (self.start_timeout - age))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match self.initializer.enable(site).await {
+                    Ok(()) => deadline,
+                    Err(InitError::Misconfigured(why)) => {
+                        warn!("start {site}: refused, {why}");
+                        return Err(StartError::Misconfigured);
+                    }
+                    Err(InitError::Failed(why)) => {
+                        warn!("start {site}: failed, {why}");
+                        return Err(StartError::Failed);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("start {site}: failed, cannot read {vassal:?}: {e}");
+                return Err(StartError::Failed);
+            }
+        };
+        wait_until_answering(&socket, deadline, changes)
+            .await
+            .inspect_err(|error| match error {
+                StartError::TimedOut => {
+                    warn!("start {site}: timeout, the app did not answer on {socket} in time")
+                }
+                _ => {
+                    warn!("start {site}: failed, the app exited while starting; see its uWSGI log")
+                }
+            })
+    }
+}
+
+async fn answers(socket: &str) -> bool {
+    UnixStream::connect(socket).await.is_ok()
+}
+
+/// Waits for the socket to accept a connection. With socket events, an app whose socket
+/// appears and then disappears before it ever answered has died starting: `Broken`.
+async fn wait_until_answering(
+    socket: &str,
+    deadline: Instant,
+    mut changes: Option<broadcast::Receiver<(OsString, SocketChange)>>,
+) -> Result<(), StartError> {
+    let name = Path::new(socket)
+        .file_name()
+        .map(|n| n.to_owned())
+        .unwrap_or_default();
+    let mut appeared = false;
+    let mut pause = FIRST_POLL;
+    loop {
+        if answers(socket).await {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(StartError::TimedOut);
+        }
+        let nap = tokio::time::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(MAX_POLL);
+        let Some(events) = changes.as_mut() else {
+            nap.await;
+            continue;
+        };
+        tokio::select! {
+            _ = nap => {}
+            change = events.recv() => match change {
+                Ok((changed, SocketChange::Created)) if changed == name => {
+                    appeared = true;
+                    pause = FIRST_POLL;
+                }
+                Ok((changed, SocketChange::Removed)) if changed == name && appeared => {
+                    // One last look: a removal and re-creation may have raced the events.
+                    return if answers(socket).await { Ok(()) } else { Err(StartError::Broken) };
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => changes = None,
+            },
+        }
+    }
+}
+
+async fn wait_until_gone(socket: &str, deadline: Instant) -> Result<(), StartError> {
+    let mut pause = FIRST_POLL;
+    while answers(socket).await {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(StartError::TimedOut);
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    Ok(())
+}
