@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, watch, Semaphore, SemaphorePermit};
 
 /// Why a request's app could not be made to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,47 +198,48 @@ impl Starter {
     /// One start, with its slot, its log line and its metrics.
     async fn start(&self, site: &str, activity: &SiteActivity) -> Outcome {
         let began = Instant::now();
-        let busy = StartFailure {
-            error: StartError::Busy,
-            retry_after: BUSY_RETRY_AFTER,
+        let result = match self.take_slot().await {
+            Ok(_slot) => {
+                let _in_progress = metrics::StartInProgress::new();
+                self.bring_up(site, activity, began + self.start_timeout)
+                    .await
+            }
+            Err(why) => Err((StartError::Busy, why)),
         };
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.start_queue {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            warn!(
-                "start {site}: refused, {} sites already wait for a start slot",
-                self.start_queue
-            );
-            metrics::record_start("refused", began.elapsed());
-            return Err(busy);
-        }
-        let slot = tokio::time::timeout(self.start_timeout, self.slots.acquire()).await;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        let Ok(Ok(_slot)) = slot else {
-            warn!(
-                "start {site}: refused, no start slot within {:?}",
-                self.start_timeout
-            );
-            metrics::record_start("refused", began.elapsed());
-            return Err(busy);
-        };
-        let _in_progress = metrics::StartInProgress::new();
-        let result = self
-            .bring_up(site, activity, began + self.start_timeout)
-            .await;
         let elapsed = began.elapsed();
+        let ms = elapsed.as_millis();
         match result {
             Ok(()) => {
-                info!("start {site}: ok in {} ms", elapsed.as_millis());
+                info!("start {site}: ok in {ms} ms");
                 metrics::record_start("ok", elapsed);
                 Ok(())
             }
-            Err(error) => {
+            Err((error, why)) => {
+                warn!("start {site}: {} in {ms} ms, {why}", error.result());
                 metrics::record_start(error.result(), elapsed);
-                Err(StartFailure {
-                    error,
-                    retry_after: self.retry_after,
-                })
+                let retry_after = match error {
+                    StartError::Busy => BUSY_RETRY_AFTER,
+                    _ => self.retry_after,
+                };
+                Err(StartFailure { error, retry_after })
             }
+        }
+    }
+
+    /// A start slot, after waiting in the bounded queue for at most `start_timeout`.
+    async fn take_slot(&self) -> Result<SemaphorePermit<'_>, String> {
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.start_queue {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!(
+                "{} sites already wait for a start slot",
+                self.start_queue
+            ));
+        }
+        let slot = tokio::time::timeout(self.start_timeout, self.slots.acquire()).await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        match slot {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(format!("no start slot within {:?}", self.start_timeout)),
         }
     }
 
@@ -247,7 +248,7 @@ impl Starter {
         site: &str,
         activity: &SiteActivity,
         deadline: Instant,
-    ) -> Result<(), StartError> {
+    ) -> Result<(), (StartError, String)> {
         let socket = self.socket_path.path_for(site);
         let changes = self.watcher.subscribe();
         if !activity.is_stopping() && answers(&socket).await {
@@ -257,8 +258,11 @@ impl Starter {
         if activity.is_stopping() {
             // The reaper just disabled this app: let the old one go before enabling a new
             // one, so the emperor sees a new vassal rather than a changed one.
-            wait_until_gone(&socket, deadline).await.inspect_err(|_| {
-                warn!("start {site}: timeout, the stopping app did not exit");
+            wait_until_gone(&socket, deadline).await.map_err(|e| {
+                (
+                    e,
+                    "the app being stopped for idleness did not exit".to_owned(),
+                )
             })?;
             activity.end_stop();
         }
@@ -272,11 +276,13 @@ impl Starter {
                     .duration_since(written)
                     .unwrap_or_default();
                 if age >= self.start_timeout {
-                    warn!(
-                        "start {site}: failed, its vassal {vassal:?} is {}s old and the app does not answer; see the app's uWSGI log",
-                        age.as_secs()
-                    );
-                    return Err(StartError::Broken);
+                    return Err((
+                        StartError::Broken,
+                        format!(
+                            "its vassal {vassal:?} is {} s old and the app does not answer; see the app's uWSGI log",
+                            age.as_secs()
+                        ),
+                    ));
                 }
                 deadline.min(Instant::now() + (self.start_timeout - age))
             }
@@ -284,29 +290,21 @@ impl Starter {
                 match self.initializer.enable(site).await {
                     Ok(()) => deadline,
                     Err(InitError::Misconfigured(why)) => {
-                        warn!("start {site}: refused, {why}");
-                        return Err(StartError::Misconfigured);
+                        return Err((StartError::Misconfigured, why))
                     }
-                    Err(InitError::Failed(why)) => {
-                        warn!("start {site}: failed, {why}");
-                        return Err(StartError::Failed);
-                    }
+                    Err(InitError::Failed(why)) => return Err((StartError::Failed, why)),
                 }
             }
-            Err(e) => {
-                warn!("start {site}: failed, cannot read {vassal:?}: {e}");
-                return Err(StartError::Failed);
-            }
+            Err(e) => return Err((StartError::Failed, format!("cannot read {vassal:?}: {e}"))),
         };
         wait_until_answering(&socket, deadline, changes)
             .await
-            .inspect_err(|error| match error {
-                StartError::TimedOut => {
-                    warn!("start {site}: timeout, the app did not answer on {socket} in time")
-                }
-                _ => {
-                    warn!("start {site}: failed, the app exited while starting; see its uWSGI log")
-                }
+            .map_err(|error| {
+                let why = match error {
+                    StartError::TimedOut => format!("the app did not answer on {socket} in time"),
+                    _ => "the app exited while starting; see its uWSGI log".to_owned(),
+                };
+                (error, why)
             })
     }
 }

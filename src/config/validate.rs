@@ -13,14 +13,18 @@ const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
 const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 const DEFAULT_CLIENT_MAX_BODY_SIZE: u64 = 100 << 20;
-const DEFAULT_EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const DEFAULT_EDGE_READ_TIMEOUT: Duration = Duration::from_secs(300);
-const DEFAULT_EDGE_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
-const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_BACKEND_READ_TIMEOUT: Duration = Duration::from_secs(300);
-/// Below uWSGI's own keep-alive timeout (`socket-timeout`, 4 s by default), so a pooled
-/// connection is dropped by Herald before uWSGI closes it under a request.
-const DEFAULT_BACKEND_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(2);
+const DEFAULT_EDGE_UPSTREAM: UpstreamTimeouts = UpstreamTimeouts {
+    connect: Duration::from_secs(2),
+    read: Duration::from_secs(300),
+    keepalive: Duration::from_secs(60),
+};
+const DEFAULT_BACKEND_UPSTREAM: UpstreamTimeouts = UpstreamTimeouts {
+    connect: Duration::from_secs(1),
+    read: Duration::from_secs(300),
+    // Below uWSGI's own keep-alive timeout (`socket-timeout`, 4 s by default), so a pooled
+    // connection is dropped by Herald before uWSGI closes it under a request.
+    keepalive: Duration::from_secs(2),
+};
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_STARTS: usize = 8;
 const DEFAULT_START_QUEUE: usize = 1000;
@@ -192,23 +196,15 @@ impl Checker {
             HashName::Modulo => HashMode::Modulo,
         };
         let backends = self.backend_list("edge.backends", &raw.backends, hash);
-        let upstream = UpstreamTimeouts {
-            connect: self.duration(
-                "edge.connect_timeout",
-                raw.connect_timeout.as_ref(),
-                DEFAULT_EDGE_CONNECT_TIMEOUT,
-            ),
-            read: self.duration(
-                "edge.read_timeout",
-                raw.read_timeout.as_ref(),
-                DEFAULT_EDGE_READ_TIMEOUT,
-            ),
-            keepalive: self.duration(
-                "edge.upstream_keepalive_timeout",
-                raw.upstream_keepalive_timeout.as_ref(),
-                DEFAULT_EDGE_UPSTREAM_KEEPALIVE,
-            ),
-        };
+        let upstream = self.upstream_timeouts(
+            "edge",
+            [
+                &raw.connect_timeout,
+                &raw.read_timeout,
+                &raw.upstream_keepalive_timeout,
+            ],
+            DEFAULT_EDGE_UPSTREAM,
+        );
         EdgeConfig {
             frontend,
             hash,
@@ -243,23 +239,15 @@ impl Checker {
                 .map(|text| Cidr::parse(text).expect("default networks parse"))
                 .collect(),
         };
-        let upstream = UpstreamTimeouts {
-            connect: self.duration(
-                "backend.connect_timeout",
-                raw.connect_timeout.as_ref(),
-                DEFAULT_BACKEND_CONNECT_TIMEOUT,
-            ),
-            read: self.duration(
-                "backend.read_timeout",
-                raw.read_timeout.as_ref(),
-                DEFAULT_BACKEND_READ_TIMEOUT,
-            ),
-            keepalive: self.duration(
-                "backend.upstream_keepalive_timeout",
-                raw.upstream_keepalive_timeout.as_ref(),
-                DEFAULT_BACKEND_UPSTREAM_KEEPALIVE,
-            ),
-        };
+        let upstream = self.upstream_timeouts(
+            "backend",
+            [
+                &raw.connect_timeout,
+                &raw.read_timeout,
+                &raw.upstream_keepalive_timeout,
+            ],
+            DEFAULT_BACKEND_UPSTREAM,
+        );
         let starts = self.app_starts(&raw);
         BackendConfig {
             frontend,
@@ -400,6 +388,29 @@ impl Checker {
                 DEFAULT_KEEPALIVE_TIMEOUT,
             ),
             client_max_body_size: (max_body > 0).then_some(max_body),
+        }
+    }
+
+    /// `connect_timeout`, `read_timeout` and `upstream_keepalive_timeout` of `role`.
+    fn upstream_timeouts(
+        &mut self,
+        role: &str,
+        raw: [&Option<Scalar>; 3],
+        default: UpstreamTimeouts,
+    ) -> UpstreamTimeouts {
+        let [connect, read, keepalive] = raw;
+        UpstreamTimeouts {
+            connect: self.duration(
+                &format!("{role}.connect_timeout"),
+                connect.as_ref(),
+                default.connect,
+            ),
+            read: self.duration(&format!("{role}.read_timeout"), read.as_ref(), default.read),
+            keepalive: self.duration(
+                &format!("{role}.upstream_keepalive_timeout"),
+                keepalive.as_ref(),
+                default.keepalive,
+            ),
         }
     }
 
@@ -611,7 +622,7 @@ mod tests {
         let edge = config.edge.unwrap();
         assert_eq!(edge.hash, HashMode::Ketama);
         assert_eq!(edge.backends[1].weight, 3);
-        assert_eq!(edge.upstream.connect, DEFAULT_EDGE_CONNECT_TIMEOUT);
+        assert_eq!(edge.upstream.connect, DEFAULT_EDGE_UPSTREAM.connect);
         assert_eq!(
             config.server.grace_period_seconds,
             Some(DEFAULT_GRACE_PERIOD_SECONDS)
