@@ -1,7 +1,7 @@
 //! Herald's command line. Pingora's own flags keep their meaning; Herald builds Pingora's
 //! `Opt` from them rather than letting Pingora read the command line.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -15,6 +15,9 @@ Reload without losing a request: start `herald -u -d -c FILE` beside the running
 the old process SIGQUIT. SIGTERM shuts down gracefully, SIGINT at once."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Configuration file (YAML) declaring the roles to run
     #[arg(
         short = 'c',
@@ -36,6 +39,27 @@ pub struct Cli {
     /// them over when it gets SIGQUIT
     #[arg(short = 'u', long = "upgrade")]
     pub upgrade: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the backend of every site; with --backends, which sites a new list would move
+    Placement {
+        /// Configuration file with the edge role whose backends are used now
+        #[arg(
+            short = 'c',
+            long = "conf",
+            value_name = "FILE",
+            default_value = "/etc/herald/herald.yaml"
+        )]
+        conf: String,
+        /// A new backend list, in the backends_file format ("ip:port [weight]" per line)
+        #[arg(long, value_name = "FILE")]
+        backends: Option<String>,
+        /// The sites, one per line [default: the names in backend.sites_dir]
+        #[arg(long, value_name = "FILE")]
+        sites: Option<String>,
+    },
 }
 
 impl Cli {

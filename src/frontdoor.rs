@@ -10,6 +10,7 @@ use pingora::proxy::Session;
 
 pub struct FrontDoor {
     allow_ip_hosts: bool,
+    health_host: String,
     /// Pingora's keep-alive setting: `None` closes after each response.
     keepalive: Option<u64>,
     max_body: Option<u64>,
@@ -20,6 +21,7 @@ impl FrontDoor {
         let secs = frontend.keepalive_timeout.as_secs();
         FrontDoor {
             allow_ip_hosts: frontend.allow_ip_hosts,
+            health_host: frontend.health_host.clone(),
             // Pingora reads Some(0) as "forever"; nginx's keepalive_timeout 0 means "off".
             keepalive: (secs > 0).then_some(secs),
             max_body: frontend.client_max_body_size,
@@ -41,6 +43,12 @@ impl FrontDoor {
                 return Ok(None);
             }
         };
+        if site == self.health_host {
+            // A health check (from the edge, or from whatever watches this node): answered
+            // here, without touching any site.
+            pages::send(session, &pages::HEALTHY).await?;
+            return Ok(None);
+        }
         if let (Some(max), Some(length)) = (self.max_body, declared_length(session)) {
             if length > max {
                 pages::send(session, &pages::BODY_TOO_LARGE).await?;

@@ -13,6 +13,7 @@ mod frontdoor;
 mod host;
 mod metrics;
 mod pages;
+mod preview;
 
 use clap::Parser;
 use config::Config;
@@ -25,6 +26,23 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
 
+    if let Some(cli::Command::Placement {
+        conf,
+        backends,
+        sites,
+    }) = &cli.command
+    {
+        return match preview::run(conf, backends.as_deref(), sites.as_deref()) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("{problem}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&cli.conf) {
         Ok(config) => config,
         Err(problems) => {

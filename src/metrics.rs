@@ -128,3 +128,54 @@ pub fn register_all() {
     Lazy::force(&APPS_ENABLED);
     Lazy::force(&REQUESTS_WAITED_ON_START);
 }
+
+static BACKEND_UP: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "herald_backend_up",
+        "Whether the edge sends new requests to this backend (1) or has marked it down (0)",
+        &["backend"]
+    )
+    .expect("metric registers once")
+});
+
+static BACKEND_CHANGED: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
+    prometheus::register_gauge_vec!(
+        "herald_backend_state_changed_timestamp_seconds",
+        "When the backend last went up or down (or joined the list), in seconds since the epoch",
+        &["backend"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BACKENDS_FILE_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_backends_file_errors_total",
+        "Reads of edge.backends_file that failed or found it invalid (the last good list is kept)"
+    )
+    .expect("metric registers once")
+});
+
+pub static BACKENDS_FILE_VALID: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_backends_file_valid",
+        "1 if the last read of edge.backends_file was valid, 0 if the edge runs on an older list"
+    )
+    .expect("metric registers once")
+});
+
+/// Records a backend's state (up or down) and when it changed.
+pub fn set_backend_up(backend: &str, up: bool) {
+    BACKEND_UP.with_label_values(&[backend]).set(i64::from(up));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    BACKEND_CHANGED
+        .with_label_values(&[backend])
+        .set(now.as_secs_f64());
+}
+
+/// Drops a backend that left the list from the backend metrics.
+pub fn forget_backend(backend: &str) {
+    let _ = BACKEND_UP.remove_label_values(&[backend]);
+    let _ = BACKEND_CHANGED.remove_label_values(&[backend]);
+}

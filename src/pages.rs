@@ -28,6 +28,7 @@ macro_rules! page {
     };
 }
 
+pub const HEALTHY: Page = page!(200, "OK", "This server is up.");
 pub const BAD_HOST: Page = page!(
     400,
     "400 Bad Request",

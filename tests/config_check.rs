@@ -91,7 +91,22 @@ fn broken_configs_are_rejected_naming_file_and_field() {
         ("relative-pid", format!("server:\n  pid_file: herald.pid\n  max_retries: 0\n{}", backend("")),
             vec![r#"server.pid_file: "herald.pid" must be an absolute path"#, "server.max_retries: must be at least 1"]),
         ("no-backends", "edge:\n  listen: ['0.0.0.0:80']\n  backends: []\n".into(), vec!["edge.backends: needs at least one backend"]),
+        ("no-backend-list", "edge:\n  listen: ['0.0.0.0:80']\n".into(), vec!["edge.backends: needs a list of backends, or `backends_file`"]),
+        ("both-lists", format!("edge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80]\n  backends_file: {dir}/backends\n"),
+            vec!["edge.backends_file: give either `backends` or `backends_file`, not both"]),
+        ("missing-backends-file", format!("edge:\n  listen: ['0.0.0.0:80']\n  backends_file: {dir}/no-such-file\n"),
+            vec!["edge.backends_file: cannot read"]),
+        ("bad-backends-file", format!("edge:\n  listen: ['0.0.0.0:80']\n  backends_file: {dir}/bad-backends\n"),
+            vec!["edge.backends_file: ", "bad-backends: line 3: invalid address \"10.0.0.x:80\""]),
+        ("bad-health-check", "edge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80]\n  health_check:\n    kind: tcp\n    interval: 0\n    failures: 0\n    path: /health\n".into(),
+            vec!["edge.health_check.interval: interval and timeout must be more than 0", "edge.health_check.failures: must be at least 1", "edge.health_check.path: only used with `kind: http`"]),
+        ("bad-health-host", format!("{}  health_host: Not_A_Host\n", backend("")), vec!["backend.health_host: \"Not_A_Host\" must be a lowercase host name"]),
     ];
+    fs::write(
+        root.path().join("bad-backends"),
+        "# pool\n10.0.0.1:80\n10.0.0.x:80\n",
+    )
+    .unwrap();
     for (name, yaml, expected) in cases {
         let path = root.path().join(format!("{name}.yaml"));
         fs::write(&path, &yaml).unwrap();

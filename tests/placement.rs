@@ -124,3 +124,97 @@ fn ketama_places_sites_exactly_like_nginx_hash_host_consistent() {
         "weight 2 gets more sites: {per_backend:?}"
     );
 }
+
+#[test]
+fn two_edge_processes_with_the_same_list_place_ten_thousand_sites_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = [1, 1, 2];
+    let backends = start_backends(dir.path(), &weights);
+    let (first, _first) = start_edge(dir.path(), "ketama", &backends, &weights);
+    let second_dir = tempfile::tempdir().unwrap();
+    let (second, _second) = start_edge(second_dir.path(), "ketama", &backends, &weights);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in (t..10_000).step_by(8) {
+                    let site = format!("s{i}.example.net");
+                    assert_eq!(
+                        chosen_port(first, &site),
+                        chosen_port(second, &site),
+                        "{site}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn the_placement_command_predicts_the_running_edge_and_what_a_new_list_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = [1, 1, 1, 1];
+    let backends = start_backends(dir.path(), &weights);
+    let (edge_port, edge) = start_edge(dir.path(), "ketama", &backends, &weights[..3]);
+    let sites: Vec<String> = (0..400).map(|i| format!("app{i}.example.com")).collect();
+    let sites_file = dir.path().join("sites");
+    std::fs::write(&sites_file, format!("# every site\n{}\n", sites.join("\n"))).unwrap();
+    let new_list = dir.path().join("new-backends");
+    let lines: Vec<String> = backends
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    std::fs::write(&new_list, lines.join("\n")).unwrap();
+    let conf = edge.config.to_str().unwrap();
+    let out = run_herald(&[
+        "placement",
+        "-c",
+        conf,
+        "--sites",
+        sites_file.to_str().unwrap(),
+        "--backends",
+        new_list.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    let mut predicted = std::collections::HashMap::new();
+    let mut moved = 0;
+    for line in report.lines().filter(|l| !l.starts_with('#')) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words[..] {
+            [site, backend] => {
+                predicted.insert(site.to_owned(), backend.to_owned());
+            }
+            [site, from, "->", to] => {
+                assert_eq!(predicted[site], from);
+                assert_eq!(to, lines[3], "{site} moves to the new backend");
+                moved += 1;
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    assert_eq!(predicted.len(), sites.len());
+    for site in &sites {
+        let port = chosen_port(edge_port, site);
+        assert_eq!(predicted[site], format!("127.0.0.1:{port}"), "{site}");
+    }
+    assert!(
+        (60..=140).contains(&moved),
+        "{moved} of 400 moved; ideal 100\n{report}"
+    );
+    assert!(
+        report.contains(&format!("# moved {moved} of 400 sites")),
+        "{report}"
+    );
+    assert!(
+        report.contains("the least any placement could move is 25.0%"),
+        "{report}"
+    );
+}

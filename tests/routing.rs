@@ -333,7 +333,17 @@ fn metrics_count_requests_by_role_and_class() {
     let before = counts(metrics_port);
     assert_eq!(get(backend_port, "alpha.example", "/").status, 200);
     assert_eq!(get(backend_port, "bad_host", "/").status, 400);
+    // Health checks are answered by either role without touching any site.
+    for port in [backend_port, cluster.edge_port] {
+        let resp = get(port, "herald-health", "/");
+        assert_eq!(resp.status, 200);
+        assert!(resp.text().contains("This server is up"));
+    }
     let after = counts(metrics_port);
-    assert_eq!(after["2xx"] - before["2xx"], 1.0);
+    assert_eq!(
+        after["2xx"] - before["2xx"],
+        2.0,
+        "the app request and the health check"
+    );
     assert_eq!(after["4xx"] - before["4xx"], 1.0);
 }

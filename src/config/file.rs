@@ -26,14 +26,37 @@ pub struct MetricsSection {
 pub struct EdgeSection {
     pub listen: Vec<String>,
     pub hash: Option<HashName>,
-    #[serde(default)]
-    pub backends: Vec<Scalar>,
+    pub backends: Option<Vec<Scalar>>,
+    pub backends_file: Option<String>,
+    pub health_check: Option<HealthCheckSection>,
+    pub retry_idempotent: Option<bool>,
+    pub health_host: Option<String>,
     pub allow_ip_hosts: Option<bool>,
     pub connect_timeout: Option<Scalar>,
     pub read_timeout: Option<Scalar>,
     pub keepalive_timeout: Option<Scalar>,
     pub upstream_keepalive_timeout: Option<Scalar>,
     pub client_max_body_size: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    pub kind: Option<HealthCheckName>,
+    pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub failures: Option<usize>,
+    pub successes: Option<usize>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckName {
+    Tcp,
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -51,6 +74,7 @@ pub struct BackendSection {
     pub vassals_dir: String,
     pub socket_path: String,
     pub trusted_proxies: Option<Vec<String>>,
+    pub health_host: Option<String>,
     pub allow_ip_hosts: Option<bool>,
     pub connect_timeout: Option<Scalar>,
     pub read_timeout: Option<Scalar>,

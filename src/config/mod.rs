@@ -1,6 +1,7 @@
 //! Herald's configuration: one YAML file per node, read into on-disk types (`file`), then
 //! checked as a whole into the runtime types below (`validate`), which the rest of Herald uses.
 
+pub mod backends;
 mod file;
 pub mod units;
 mod validate;
@@ -31,6 +32,8 @@ pub struct MetricsConfig {
 pub struct Frontend {
     pub listen: Vec<SocketAddr>,
     pub allow_ip_hosts: bool,
+    /// Requests for this Host are answered 200 at once, for health checks; no site is touched.
+    pub health_host: String,
     /// How long an idle client keep-alive connection stays open.
     pub keepalive_timeout: Duration,
     /// `None` means unlimited.
@@ -62,8 +65,36 @@ pub struct BackendAddr {
 pub struct EdgeConfig {
     pub frontend: Frontend,
     pub hash: HashMode,
+    /// The list as configured, or as the backends file read when the configuration loaded.
     pub backends: Vec<BackendAddr>,
+    /// Re-read while running, when set.
+    pub backends_file: Option<PathBuf>,
+    pub health_check: HealthCheckConfig,
+    /// Whether an idempotent request already sent to a backend that failed is retried on the
+    /// next one.
+    pub retry_idempotent: bool,
     pub upstream: UpstreamTimeouts,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures before a backend is marked down.
+    pub failures: usize,
+    /// Consecutive successes before it is marked up again.
+    pub successes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    Tcp,
+    Http {
+        path: String,
+        host: String,
+        expect: u16,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -1,8 +1,10 @@
 //! From the on-disk shapes to the runtime `Config`: every value is checked, every problem is
 //! collected (`file: field: what is wrong`), and loading fails once, with all of them.
 
+use super::backends::{parse_backend_list, parse_backends_file};
 use super::file::{
-    BackendSection, EdgeSection, FileConfig, HashName, InitializerKind, InitializerSection, Scalar,
+    BackendSection, EdgeSection, FileConfig, HashName, HealthCheckName, HealthCheckSection,
+    InitializerKind, InitializerSection, Scalar,
 };
 use super::units::{parse_duration, parse_size};
 use super::*;
@@ -31,6 +33,11 @@ const DEFAULT_START_QUEUE: usize = 1000;
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_INITIALIZER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEALTH_HOST: &str = "herald-health";
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_HEALTH_FAILURES: usize = 2;
+const DEFAULT_HEALTH_SUCCESSES: usize = 2;
 const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -187,6 +194,7 @@ impl Checker {
         let frontend = self.frontend(
             "edge",
             &raw.listen,
+            raw.health_host.as_ref(),
             raw.allow_ip_hosts,
             raw.keepalive_timeout.as_ref(),
             raw.client_max_body_size.as_ref(),
@@ -195,7 +203,28 @@ impl Checker {
             HashName::Ketama => HashMode::Ketama,
             HashName::Modulo => HashMode::Modulo,
         };
-        let backends = self.backend_list("edge.backends", &raw.backends, hash);
+        let (backends, backends_file) = match (&raw.backends, &raw.backends_file) {
+            (Some(list), None) => (self.backend_list("edge.backends", list, hash), None),
+            (None, Some(path)) => (
+                self.backends_file("edge.backends_file", path, hash),
+                Some(PathBuf::from(path)),
+            ),
+            (Some(_), Some(_)) => {
+                self.bad(
+                    "edge.backends_file",
+                    "give either `backends` or `backends_file`, not both",
+                );
+                (Vec::new(), None)
+            }
+            (None, None) => {
+                self.bad(
+                    "edge.backends",
+                    "needs a list of backends, or `backends_file`",
+                );
+                (Vec::new(), None)
+            }
+        };
+        let health_check = self.health_check(raw.health_check.as_ref(), &frontend.health_host);
         let upstream = self.upstream_timeouts(
             "edge",
             [
@@ -209,7 +238,90 @@ impl Checker {
             frontend,
             hash,
             backends,
+            backends_file,
+            health_check,
+            retry_idempotent: raw.retry_idempotent.unwrap_or(false),
             upstream,
+        }
+    }
+
+    fn health_check(
+        &mut self,
+        raw: Option<&HealthCheckSection>,
+        health_host: &str,
+    ) -> HealthCheckConfig {
+        let field = |key: &str| format!("edge.health_check.{key}");
+        let interval = self.duration(
+            &field("interval"),
+            raw.and_then(|r| r.interval.as_ref()),
+            DEFAULT_HEALTH_INTERVAL,
+        );
+        let timeout = self.duration(
+            &field("timeout"),
+            raw.and_then(|r| r.timeout.as_ref()),
+            DEFAULT_HEALTH_TIMEOUT,
+        );
+        if interval.is_zero() || timeout.is_zero() {
+            self.bad(
+                field("interval"),
+                "interval and timeout must be more than 0",
+            );
+        }
+        let failures = raw
+            .and_then(|r| r.failures)
+            .unwrap_or(DEFAULT_HEALTH_FAILURES);
+        let successes = raw
+            .and_then(|r| r.successes)
+            .unwrap_or(DEFAULT_HEALTH_SUCCESSES);
+        for (key, count) in [("failures", failures), ("successes", successes)] {
+            if count == 0 {
+                self.bad(field(key), "must be at least 1");
+            }
+        }
+        let kind = match raw.and_then(|r| r.kind).unwrap_or(HealthCheckName::Tcp) {
+            HealthCheckName::Tcp => {
+                for (key, set) in [
+                    ("path", raw.is_some_and(|r| r.path.is_some())),
+                    ("host", raw.is_some_and(|r| r.host.is_some())),
+                    ("expect", raw.is_some_and(|r| r.expect.is_some())),
+                ] {
+                    if set {
+                        self.bad(field(key), "only used with `kind: http`");
+                    }
+                }
+                HealthCheckKind::Tcp
+            }
+            HealthCheckName::Http => {
+                let path = raw
+                    .and_then(|r| r.path.clone())
+                    .unwrap_or_else(|| "/".to_owned());
+                if !path.starts_with('/')
+                    || http::uri::PathAndQuery::try_from(path.as_str()).is_err()
+                {
+                    self.bad(
+                        field("path"),
+                        format!("invalid path {path:?}: expected something like /health"),
+                    );
+                }
+                let host = raw
+                    .and_then(|r| r.host.clone())
+                    .unwrap_or_else(|| health_host.to_owned());
+                if http::HeaderValue::try_from(host.as_str()).is_err() || host.is_empty() {
+                    self.bad(field("host"), format!("invalid host {host:?}"));
+                }
+                let expect = raw.and_then(|r| r.expect).unwrap_or(200);
+                if !(100..=599).contains(&expect) {
+                    self.bad(field("expect"), format!("{expect} is not an HTTP status"));
+                }
+                HealthCheckKind::Http { path, host, expect }
+            }
+        };
+        HealthCheckConfig {
+            kind,
+            interval,
+            timeout,
+            failures,
+            successes,
         }
     }
 
@@ -217,6 +329,7 @@ impl Checker {
         let frontend = self.frontend(
             "backend",
             &raw.listen,
+            raw.health_host.as_ref(),
             raw.allow_ip_hosts,
             raw.keepalive_timeout.as_ref(),
             raw.client_max_body_size.as_ref(),
@@ -359,6 +472,7 @@ impl Checker {
         &mut self,
         role: &str,
         listen: &[String],
+        health_host: Option<&String>,
         allow_ip_hosts: Option<bool>,
         keepalive_timeout: Option<&Scalar>,
         client_max_body_size: Option<&Scalar>,
@@ -379,9 +493,23 @@ impl Checker {
             client_max_body_size,
             DEFAULT_CLIENT_MAX_BODY_SIZE,
         );
+        let health_host = match health_host {
+            None => DEFAULT_HEALTH_HOST.to_owned(),
+            Some(name) => match crate::host::parse_site(name.as_bytes(), false) {
+                Ok(site) if site == *name => site,
+                _ => {
+                    self.bad(
+                        format!("{role}.health_host"),
+                        format!("{name:?} must be a lowercase host name, like herald-health"),
+                    );
+                    DEFAULT_HEALTH_HOST.to_owned()
+                }
+            },
+        };
         Frontend {
             listen,
             allow_ip_hosts: allow_ip_hosts.unwrap_or(false),
+            health_host,
             keepalive_timeout: self.duration(
                 &format!("{role}.keepalive_timeout"),
                 keepalive_timeout,
@@ -423,23 +551,32 @@ impl Checker {
         if entries.is_empty() {
             self.bad(field, "needs at least one backend, like 10.0.0.11:80");
         }
-        let mut seen = HashSet::new();
-        let mut backends = Vec::new();
-        for (i, Scalar(text)) in entries.iter().enumerate() {
-            let field = format!("{field}[{i}]");
-            match parse_backend_entry(text) {
-                Ok(backend) if !seen.insert(backend.addr) => {
-                    self.bad(field, format!("duplicate backend {}", backend.addr))
-                }
-                Ok(backend) if hash == HashMode::Modulo && backend.weight != 1 => self.bad(
-                    field,
-                    "weights need `hash: ketama`; modulo placement indexes the list as written",
-                ),
-                Ok(backend) => backends.push(backend),
-                Err(message) => self.bad(field, message),
-            }
-        }
+        let places = entries
+            .iter()
+            .enumerate()
+            .map(|(i, Scalar(text))| (format!("{field}[{i}]"), text.as_str()));
+        let (backends, problems) = parse_backend_list(places, hash);
+        self.problems.extend(problems);
         backends
+    }
+
+    fn backends_file(&mut self, field: &str, path: &str, hash: HashMode) -> Vec<BackendAddr> {
+        if !Path::new(path).is_absolute() {
+            self.bad(field, format!("{path:?} must be an absolute path"));
+            return Vec::new();
+        }
+        match std::fs::read_to_string(path) {
+            Err(e) => {
+                self.bad(field, format!("cannot read {path:?}: {e}"));
+                Vec::new()
+            }
+            Ok(text) => parse_backends_file(&text, hash).unwrap_or_else(|problems| {
+                for problem in problems {
+                    self.bad(field, format!("{path}: {problem}"));
+                }
+                Vec::new()
+            }),
+        }
     }
 
     fn socket_addr(&mut self, field: &str, text: &str) -> Option<SocketAddr> {
@@ -585,29 +722,6 @@ fn parse_http_url(url: &str) -> Result<HttpEndpoint, String> {
     })
 }
 
-/// `ip:port` or `ip:port weight`, as in `edge.backends` (and later the backends file).
-pub fn parse_backend_entry(text: &str) -> Result<BackendAddr, String> {
-    let mut words = text.split_whitespace();
-    let addr_text = words.next().unwrap_or_default();
-    let addr: SocketAddr = addr_text.parse().map_err(|_| {
-        format!("invalid address {addr_text:?}: expected ip:port, like 10.0.0.11:80")
-    })?;
-    let weight = match words.next() {
-        None => 1,
-        Some(w) => w
-            .parse::<usize>()
-            .ok()
-            .filter(|w| (1..=1000).contains(w))
-            .ok_or_else(|| {
-                format!("invalid weight {w:?}: expected a whole number from 1 to 1000")
-            })?,
-    };
-    if let Some(extra) = words.next() {
-        return Err(format!("unexpected {extra:?} after the weight"));
-    }
-    Ok(BackendAddr { addr, weight })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,25 +849,5 @@ mod tests {
         );
         let yaml = format!("{base}  initializer:\n    kind: local\n    url: http://127.0.0.1/\n");
         assert!(problems(&yaml).contains("backend.initializer.url: only used with `kind: http`"));
-    }
-
-    #[test]
-    fn backend_entries() {
-        assert_eq!(parse_backend_entry("10.0.0.1:80").unwrap().weight, 1);
-        assert_eq!(parse_backend_entry(" 10.0.0.1:80   7 ").unwrap().weight, 7);
-        assert_eq!(
-            parse_backend_entry("[::1]:80").unwrap().addr,
-            "[::1]:80".parse().unwrap()
-        );
-        for bad in [
-            "",
-            "10.0.0.1",
-            "host:80",
-            "10.0.0.1:80 0",
-            "10.0.0.1:80 x",
-            "10.0.0.1:80 1 2",
-        ] {
-            assert!(parse_backend_entry(bad).is_err(), "{bad}");
-        }
     }
 }

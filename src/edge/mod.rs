@@ -1,6 +1,9 @@
 //! The edge role: a browser's request arrives, the site's backend server is picked by hashing
-//! the site name, and the request is proxied there with the client's address attached.
+//! the site name (skipping backends that are down), and the request is proxied there with the
+//! client's address attached. A backend that refuses the connection is replaced by the next.
 
+pub mod backends;
+pub mod health;
 pub mod placement;
 
 use crate::config::{EdgeConfig, UpstreamTimeouts};
@@ -9,19 +12,29 @@ use crate::frontdoor::FrontDoor;
 use crate::metrics::RoleMetrics;
 use crate::pages;
 use async_trait::async_trait;
+use backends::BackendList;
 use bytes::Bytes;
+use health::ObservedHealthCheck;
 use log::info;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::server::Server;
+use pingora::services::background::GenBackgroundService;
 use placement::Placement;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// A request goes to at most this many backends: its own, then the next one if the
+/// connection to its own fails.
+const MAX_BACKENDS_PER_REQUEST: usize = 2;
 
 pub struct EdgeProxy {
     front_door: FrontDoor,
-    placement: Placement,
+    placement: Arc<Placement>,
     upstream: UpstreamTimeouts,
+    retry_idempotent: bool,
     metrics: RoleMetrics,
 }
 
@@ -29,6 +42,14 @@ pub struct EdgeCtx {
     started: Instant,
     site: String,
     body_received: u64,
+    /// Backends this request was sent to, in order.
+    tried: Vec<SocketAddr>,
+}
+
+impl EdgeCtx {
+    fn may_try_another(&self) -> bool {
+        self.tried.len() < MAX_BACKENDS_PER_REQUEST
+    }
 }
 
 #[async_trait]
@@ -40,6 +61,7 @@ impl ProxyHttp for EdgeProxy {
             started: Instant::now(),
             site: String::new(),
             body_received: 0,
+            tried: Vec::new(),
         }
     }
 
@@ -71,8 +93,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let addr = self
             .placement
-            .pick(&ctx.site)
+            .pick(&ctx.site, &ctx.tried)
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend server available"))?;
+        ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.upstream.connect);
         peer.options.read_timeout = Some(self.upstream.read);
@@ -95,6 +118,58 @@ impl ProxyHttp for EdgeProxy {
         )
     }
 
+    /// Nothing reached the backend: the next backend on the ring gets the request. A backend
+    /// that dies between two health checks costs only the requests in flight on it.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut EdgeCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if ctx.may_try_another() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut EdgeCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if !replayable {
+            e.set_retry(false);
+        } else if self.retry_idempotent
+            && ctx.may_try_another()
+            && session.response_written().is_none()
+        {
+            // Allowed by config: an idempotent request already sent goes to the next backend.
+            e.set_retry(true);
+        } else {
+            // Pingora's rule: only a failure on a reused (possibly stale) connection is retried.
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &EdgeCtx,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // Failing over is logged by the health checks; one warning per request adds nothing.
+        ctx.tried.len() == 1
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -110,23 +185,35 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
-/// Adds the edge proxy, and the ketama balancer it reads from, to `server`.
+/// Adds the edge proxy, and the balancer it reads from (backend list and health checks), to
+/// `server`.
 pub fn add_services(server: &mut Server, config: &EdgeConfig) {
-    let placement = placement::placement(config.hash, &config.backends);
-    let balancer = match &placement {
-        Placement::Ketama(lb) => Some(lb.clone()),
-        Placement::Modulo(_) => None,
-    };
-    info!(
-        "edge: {} backends, {:?} placement, listening on {:?}",
-        config.backends.len(),
+    let list = Arc::new(BackendList::new(
+        &config.backends,
+        config.backends_file.clone(),
         config.hash,
+    ));
+    let health_check = ObservedHealthCheck::new(&config.health_check);
+    let checks = Some((health_check, config.health_check.interval));
+    let placement = Arc::new(Placement::new(config.hash, list, checks));
+    info!(
+        "edge: {} backends{}, {:?} placement, {:?} health checks every {:?}, listening on {:?}",
+        config.backends.len(),
+        config
+            .backends_file
+            .as_ref()
+            .map(|f| format!(" from {f:?}"))
+            .unwrap_or_default(),
+        config.hash,
+        config.health_check.kind,
+        config.health_check.interval,
         config.frontend.listen
     );
     let proxy = EdgeProxy {
         front_door: FrontDoor::new(&config.frontend),
-        placement,
+        placement: placement.clone(),
         upstream: config.upstream,
+        retry_idempotent: config.retry_idempotent,
         metrics: RoleMetrics::new("edge"),
     };
     let mut service =
@@ -135,13 +222,10 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         service.add_tcp(&addr.to_string());
     }
     let proxy_handle = server.add_service(service);
-    if let Some(lb) = balancer {
-        // Ketama's ring is built by the balancer's first update; the proxy waits for it.
-        let balancer_service = pingora::services::background::GenBackgroundService::new(
-            "herald edge backends".into(),
-            lb,
-        );
-        let balancer_handle = server.add_service(balancer_service);
-        proxy_handle.add_dependency(&balancer_handle);
-    }
+
+    let balancer_service =
+        GenBackgroundService::new("herald edge backends".into(), placement.balancer().clone());
+    let balancer_handle = server.add_service(balancer_service);
+    // The ring is built by the balancer's first update; the proxy waits for it.
+    proxy_handle.add_dependency(&balancer_handle);
 }

@@ -1,55 +1,107 @@
 //! Which backend server a site lives on.
 
+use super::backends::{BackendList, Discovery};
+use super::health::ObservedHealthCheck;
 use crate::config::{BackendAddr, HashMode};
 use pingora::lb::selection::Consistent;
-use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
-use std::collections::BTreeSet;
+use pingora::lb::{Backend, Backends, LoadBalancer};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// How far along the ketama ring to look; 160 points per unit of weight per backend.
-const KETAMA_MAX_STEPS: usize = 256;
+/// How often `edge.backends_file` is read again.
+const BACKENDS_FILE_INTERVAL: Duration = Duration::from_secs(1);
 
-pub enum Placement {
-    /// nginx's `hash $host consistent`: adding or removing a backend moves ~1/N of sites.
-    Ketama(Arc<LoadBalancer<Consistent>>),
-    /// The talk's nginx + Lua scheme: CPython 2's `hash(site) % len(backends)`.
-    Modulo(Vec<SocketAddr>),
+/// How far along the ketama ring to look for a backend that is up: 160 points per unit of
+/// weight per backend, so a heavy backend that is down can cover many points in a row.
+const KETAMA_MAX_STEPS: usize = 16 * 1024;
+
+/// Which backend serves a site. Both modes skip backends that are down (or already tried
+/// for this request) while leaving every other site where it is.
+pub struct Placement {
+    mode: HashMode,
+    /// The ketama ring and the health of every backend, kept by Pingora's balancer, which
+    /// runs as a background service (discovery and health checks).
+    balancer: Arc<LoadBalancer<Consistent>>,
+    list: Arc<BackendList>,
 }
 
 impl Placement {
-    pub fn pick(&self, site: &str) -> Option<SocketAddr> {
-        match self {
-            Placement::Ketama(lb) => lb
-                .select(site.as_bytes(), KETAMA_MAX_STEPS)
-                .and_then(|backend| backend.addr.as_inet().copied()),
-            Placement::Modulo(backends) => {
-                let len = i64::try_from(backends.len()).ok().filter(|len| *len > 0)?;
-                let index = python2_string_hash(site.as_bytes()).rem_euclid(len);
-                backends.get(index as usize).copied()
+    /// With `health_checks`, the balancer checks every backend at that interval; without,
+    /// every backend counts as up.
+    pub fn new(
+        mode: HashMode,
+        list: Arc<BackendList>,
+        health_checks: Option<(ObservedHealthCheck, Duration)>,
+    ) -> Self {
+        let mut balancer =
+            LoadBalancer::from_backends(Backends::new(Box::new(Discovery(list.clone()))));
+        if list.watches_file() {
+            balancer.update_frequency = Some(BACKENDS_FILE_INTERVAL);
+        }
+        if let Some((check, interval)) = health_checks {
+            balancer.set_health_check(Box::new(check));
+            balancer.health_check_frequency = Some(interval);
+            balancer.parallel_health_check = true;
+        }
+        Placement {
+            mode,
+            balancer: Arc::new(balancer),
+            list,
+        }
+    }
+
+    pub fn balancer(&self) -> &Arc<LoadBalancer<Consistent>> {
+        &self.balancer
+    }
+
+    /// The backend for `site`, among those that are up and not in `exclude`.
+    pub fn pick(&self, site: &str, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        let usable =
+            |b: &Backend, up: bool| up && !b.addr.as_inet().is_some_and(|a| exclude.contains(a));
+        match self.mode {
+            HashMode::Ketama => self
+                .balancer
+                .select_with(site.as_bytes(), KETAMA_MAX_STEPS, usable)
+                .and_then(|b| b.addr.as_inet().copied()),
+            HashMode::Modulo => {
+                let list = self.list.ordered();
+                let hash = python2_string_hash(site.as_bytes());
+                let primary = &list[index(hash, list.len())?];
+                if usable(primary, self.balancer.backends().ready(primary)) {
+                    return primary.addr.as_inet().copied();
+                }
+                // The primary is down: a second choice among the usable ones, so only the
+                // down backend's sites move.
+                let others: Vec<&Backend> = list
+                    .iter()
+                    .filter(|b| usable(b, self.balancer.backends().ready(b)))
+                    .collect();
+                others
+                    .get(index(hash, others.len())?)?
+                    .addr
+                    .as_inet()
+                    .copied()
             }
         }
     }
 }
 
-/// The ketama load balancer over `backends`; it is filled by its first `update()`, which
-/// Pingora runs when the balancer is started as a background service.
-pub fn ketama_balancer(backends: &[BackendAddr]) -> LoadBalancer<Consistent> {
-    let set: BTreeSet<Backend> = backends
-        .iter()
-        .map(|b| {
-            Backend::new_with_weight(&b.addr.to_string(), b.weight)
-                .expect("validated ip:port parses")
-        })
-        .collect();
-    LoadBalancer::from_backends(Backends::new(discovery::Static::new(set)))
+fn index(hash: i64, len: usize) -> Option<usize> {
+    let len = i64::try_from(len).ok().filter(|len| *len > 0)?;
+    usize::try_from(hash.rem_euclid(len)).ok()
 }
 
-pub fn placement(mode: HashMode, backends: &[BackendAddr]) -> Placement {
-    match mode {
-        HashMode::Ketama => Placement::Ketama(Arc::new(ketama_balancer(backends))),
-        HashMode::Modulo => Placement::Modulo(backends.iter().map(|b| b.addr).collect()),
-    }
+/// Placement of sites over `backends` as every edge computes it when all are up, for the
+/// preview command and tests: the same code as the running edge, run once.
+pub fn offline(mode: HashMode, backends: &[BackendAddr]) -> Placement {
+    let placement = Placement::new(mode, Arc::new(BackendList::new(backends, None, mode)), None);
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime for one update")
+        .block_on(placement.balancer.update())
+        .expect("a static list always updates");
+    placement
 }
 
 /// CPython 2's `str.__hash__` on a 64-bit build without hash randomisation (`-R` off), so
@@ -74,9 +126,12 @@ pub fn python2_string_hash(s: &[u8]) -> i64 {
 mod tests {
     use super::*;
 
-    fn addrs(n: u16) -> Vec<SocketAddr> {
+    fn backends(n: u16) -> Vec<BackendAddr> {
         (0..n)
-            .map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i)))
+            .map(|i| BackendAddr {
+                addr: SocketAddr::from(([10, 0, 0, 1], 8000 + i)),
+                weight: 1,
+            })
             .collect()
     }
 
@@ -93,16 +148,88 @@ mod tests {
 
     #[test]
     fn modulo_indexes_the_list_with_floor_modulo() {
-        for (site, n, index) in [
+        for (site, n, expected) in [
             ("www.obeythetestinggoat.com", 3, 1),
             ("www.obeythetestinggoat.com", 4, 1),
             ("example.com", 3, 2),
             ("example.com", 4, 0),
         ] {
-            let list = addrs(n);
-            let placement = Placement::Modulo(list.clone());
-            assert_eq!(placement.pick(site), Some(list[index]), "{site} over {n}");
+            let list = backends(n);
+            let placement = offline(HashMode::Modulo, &list);
+            assert_eq!(
+                placement.pick(site, &[]),
+                Some(list[expected].addr),
+                "{site} over {n}"
+            );
         }
-        assert_eq!(Placement::Modulo(Vec::new()).pick("a.example"), None);
+    }
+
+    fn sites() -> impl Iterator<Item = String> {
+        (0..2000).map(|i| format!("site{i}.example.org"))
+    }
+
+    #[test]
+    fn failover_moves_only_the_sites_of_the_backend_that_is_out() {
+        for mode in [HashMode::Ketama, HashMode::Modulo] {
+            let list = backends(4);
+            let placement = offline(mode, &list);
+            let out = list[2].addr;
+            let mut moved = 0;
+            for site in sites() {
+                let first = placement.pick(&site, &[]).unwrap();
+                let second = placement.pick(&site, &[out]).unwrap();
+                assert_ne!(second, out, "{mode:?} {site}");
+                if first == out {
+                    moved += 1;
+                } else {
+                    assert_eq!(
+                        first, second,
+                        "{mode:?}: {site} moved although its backend is fine"
+                    );
+                }
+            }
+            assert!(
+                (300..700).contains(&moved),
+                "{mode:?}: {moved} of 2000 sites were on one of 4"
+            );
+            // With every backend excluded there is nowhere to go.
+            let all: Vec<SocketAddr> = list.iter().map(|b| b.addr).collect();
+            assert_eq!(placement.pick("a.example", &all), None);
+        }
+    }
+
+    #[test]
+    fn a_disabled_backend_is_skipped_like_a_down_one() {
+        let list = backends(3);
+        let placement = offline(HashMode::Modulo, &list);
+        let site = "example.com"; // index 2 of 3
+        let down = Backend::new(&list[2].addr.to_string()).unwrap();
+        placement.balancer().backends().set_enable(&down, false);
+        let chosen = placement.pick(site, &[]).unwrap();
+        assert_ne!(chosen, list[2].addr);
+        let hash = python2_string_hash(site.as_bytes());
+        assert_eq!(
+            chosen,
+            list[index(hash, 2).unwrap()].addr,
+            "the second choice indexes the usable list"
+        );
+    }
+
+    #[test]
+    fn ketama_adding_one_of_five_moves_about_a_fifth() {
+        let before = offline(HashMode::Ketama, &backends(4));
+        let after = offline(HashMode::Ketama, &backends(5));
+        let moved = sites()
+            .filter(|s| before.pick(s, &[]) != after.pick(s, &[]))
+            .count();
+        assert!(
+            (300..520).contains(&moved),
+            "{moved} of 2000 moved; ideal 400"
+        );
+        // Every moved site moved to the new backend.
+        let new = backends(5)[4].addr;
+        assert!(sites().all(
+            |s| before.pick(&s, &[]) == after.pick(&s, &[]) || after.pick(&s, &[]) == Some(new)
+        ));
     }
 }

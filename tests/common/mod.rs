@@ -225,6 +225,20 @@ pub struct Herald {
 
 impl Herald {
     pub fn start(root: &Path, name: &str, yaml: &str, ports: &[u16]) -> Herald {
+        let addrs: Vec<std::net::SocketAddr> =
+            ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+        Herald::start_with(root, name, yaml, &[], &addrs)
+    }
+
+    /// `prefix` runs herald through another command (`ip netns exec NS`); it is started once
+    /// every address in `wait_for` accepts connections.
+    pub fn start_with(
+        root: &Path,
+        name: &str,
+        yaml: &str,
+        prefix: &[&str],
+        wait_for: &[std::net::SocketAddr],
+    ) -> Herald {
         let config = root.join(format!("{name}.yaml"));
         let yaml = format!(
             "{yaml}\n{}",
@@ -238,21 +252,26 @@ impl Herald {
             }
         );
         fs::write(&config, yaml).unwrap();
-        let mut process = Process::spawn(
-            name,
-            Command::new(herald_bin())
-                .arg("-c")
-                .arg(&config)
-                .env("RUST_LOG", "herald=debug,warn"),
-            &root.join(format!("{name}.log")),
-        );
-        for port in ports {
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(herald_bin());
+                command
+            }
+            None => Command::new(herald_bin()),
+        };
+        command
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "herald=debug,warn");
+        let mut process = Process::spawn(name, &mut command, &root.join(format!("{name}.log")));
+        for addr in wait_for {
             wait_until(
-                &format!("{name} listening on {port}"),
+                &format!("{name} listening on {addr}"),
                 STARTUP_DEADLINE,
                 || {
                     process.assert_running();
-                    TcpStream::connect(("127.0.0.1", *port)).is_ok()
+                    TcpStream::connect(addr).is_ok()
                 },
             );
         }
@@ -345,14 +364,24 @@ impl Response {
 
 /// Sends `raw` as is on a new connection and reads the answer until the server closes.
 pub fn send_raw(port: u16, raw: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.write_all(raw).expect("send request");
+    try_send_raw(port, raw).unwrap_or_else(|e| panic!("request to port {port}: {e}"))
+}
+
+/// `send_raw`, with connection and read failures returned rather than fatal (for load).
+pub fn try_send_raw(port: u16, raw: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(raw)?;
     let mut answer = Vec::new();
     if let Err(e) = stream.read_to_end(&mut answer) {
-        assert!(!answer.is_empty(), "no answer: {e}");
+        if answer.is_empty() {
+            return Err(e);
+        }
     }
-    parse_response(&answer)
+    if !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(std::io::Error::other("incomplete answer"));
+    }
+    Ok(parse_response(&answer))
 }
 
 /// `GET path` with the given Host, `Connection: close`.
