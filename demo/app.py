@@ -7,6 +7,7 @@ test can see exactly what Herald forwarded.
 import hashlib
 import json
 import os
+import time
 
 SITE = os.environ.get("HERALD_SITE", "unknown")
 
@@ -22,6 +23,9 @@ def application(environ, start_response):
         "body_sha256": hashlib.sha256(body).hexdigest(),
         "environ": {k: v for k, v in environ.items() if isinstance(v, str)},
     }
+    if environ.get("PATH_INFO") == "/sleep":
+        # A slow view, for timeout and concurrency tests: /sleep?s=1.5
+        time.sleep(float(environ.get("QUERY_STRING", "s=1").partition("=")[2] or 1))
     if environ.get("PATH_INFO") == "/hello":
         payload = ("Hello from %s (pid %d)\n" % (SITE, os.getpid())).encode()
         content_type = "text/plain; charset=utf-8"

@@ -1,12 +1,17 @@
-//! What both roles check before a request goes anywhere: which site it is for, and whether
-//! its body is within limits. A request that fails is answered here.
+//! What both roles check before a request goes anywhere: which site it is for, whether its
+//! client already has too many requests in progress, and whether its body is within limits.
+//! A request that fails is answered here.
 
 use crate::config::Frontend;
-use crate::{host, pages};
+use crate::{forwarding, host, pages};
 use bytes::Bytes;
 use log::debug;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub struct FrontDoor {
     allow_ip_hosts: bool,
@@ -14,6 +19,14 @@ pub struct FrontDoor {
     /// Pingora's keep-alive setting: `None` closes after each response.
     keepalive: Option<u64>,
     max_body: Option<u64>,
+    body_timeout: Duration,
+    per_client: Option<Arc<ClientLimiter>>,
+}
+
+/// A request let in: its site, and its place in its client's count.
+pub struct Admitted {
+    pub site: String,
+    pub client_slot: Option<ClientSlot>,
 }
 
 impl FrontDoor {
@@ -25,12 +38,20 @@ impl FrontDoor {
             // Pingora reads Some(0) as "forever"; nginx's keepalive_timeout 0 means "off".
             keepalive: (secs > 0).then_some(secs),
             max_body: frontend.client_max_body_size,
+            body_timeout: frontend.client_body_timeout,
+            per_client: frontend.max_connections_per_client.map(|limit| {
+                Arc::new(ClientLimiter {
+                    limit,
+                    in_progress: Mutex::new(HashMap::new()),
+                })
+            }),
         }
     }
 
     /// The site the request is for, or `None` once the request has been answered.
-    pub async fn admit(&self, session: &mut Session) -> Result<Option<String>> {
+    pub async fn admit(&self, session: &mut Session) -> Result<Option<Admitted>> {
         session.set_keepalive(self.keepalive);
+        session.set_read_timeout(Some(self.body_timeout));
         let site = match host::site_of_request(session.req_header(), self.allow_ip_hosts) {
             Ok(site) => site,
             Err(reason) => {
@@ -55,7 +76,17 @@ impl FrontDoor {
                 return Ok(None);
             }
         }
-        Ok(Some(site))
+        let client_slot = match (&self.per_client, forwarding::client_ip(session)) {
+            (Some(limiter), Some(ip)) => match ClientLimiter::try_enter(limiter, ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    pages::send(session, &pages::TOO_MANY_CONNECTIONS).await?;
+                    return Ok(None);
+                }
+            },
+            _ => None,
+        };
+        Ok(Some(Admitted { site, client_slot }))
     }
 
     /// Counts a chunk of request body against the limit, for bodies without Content-Length.
@@ -78,4 +109,72 @@ fn declared_length(session: &Session) -> Option<u64> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Requests in progress per client IP, as nginx's `limit_conn` counts connections: only
+/// those with a request being processed.
+pub struct ClientLimiter {
+    limit: usize,
+    in_progress: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ClientLimiter {
+    fn try_enter(limiter: &Arc<ClientLimiter>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut in_progress = limiter.in_progress.lock().expect("limiter lock");
+        let count = in_progress.entry(ip).or_default();
+        if *count >= limiter.limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            limiter: limiter.clone(),
+            ip,
+        })
+    }
+}
+
+/// One request's place in its client's count, given back when the request ends.
+pub struct ClientSlot {
+    limiter: Arc<ClientLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut in_progress = self.limiter.in_progress.lock().expect("limiter lock");
+        if let Some(count) = in_progress.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                in_progress.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_gets_its_limit_and_slots_come_back() {
+        let limiter = Arc::new(ClientLimiter {
+            limit: 2,
+            in_progress: Mutex::new(HashMap::new()),
+        });
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = ClientLimiter::try_enter(&limiter, a).unwrap();
+        let _second = ClientLimiter::try_enter(&limiter, a).unwrap();
+        assert!(ClientLimiter::try_enter(&limiter, a).is_none());
+        assert!(
+            ClientLimiter::try_enter(&limiter, b).is_some(),
+            "other clients are counted apart"
+        );
+        drop(first);
+        assert!(ClientLimiter::try_enter(&limiter, a).is_some());
+        drop(_second);
+        assert!(
+            limiter.in_progress.lock().unwrap().is_empty(),
+            "no entry is left for idle clients"
+        );
+    }
 }

@@ -44,6 +44,16 @@ pub const UNKNOWN_SITE: Page = page!(
     "404 Not Found",
     "There is no site with this name here."
 );
+pub const REQUEST_TIMEOUT: Page = page!(
+    408,
+    "408 Request Timeout",
+    "The request body did not arrive in time."
+);
+pub const TOO_MANY_CONNECTIONS: Page = page!(
+    429,
+    "429 Too Many Requests",
+    "Too many requests from your address are in progress at once. Please try again shortly."
+);
 pub const BODY_TOO_LARGE: Page = page!(
     413,
     "413 Content Too Large",
@@ -104,7 +114,9 @@ pub const TIMEOUT: Page = page!(
 pub fn for_status(status: u16) -> &'static Page {
     match status {
         400 => &BAD_REQUEST,
+        408 => &REQUEST_TIMEOUT,
         413 => &BODY_TOO_LARGE,
+        429 => &TOO_MANY_CONNECTIONS,
         502 => &APP_UNAVAILABLE,
         503 => &UNAVAILABLE,
         504 => &TIMEOUT,
@@ -151,6 +163,8 @@ pub fn status_of_error(e: &Error) -> u16 {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
                 WriteError | ReadError | ConnectionClosed => 0,
+                // client_body_timeout, as nginx answers it
+                ReadTimedout => 408,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,

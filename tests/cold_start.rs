@@ -405,7 +405,10 @@ fn a_flood_of_unknown_sites_starts_and_writes_nothing() {
 
 #[test]
 fn a_busy_app_gets_503_and_is_not_started_again() {
-    let backend = Backend::start(&["busy.example"], "");
+    let backend = Backend::start(
+        &["busy.example"],
+        "  limits:\n    proxy_connect_timeout: 1s\n",
+    );
     // An "app" that listens but never accepts, with its listen queue filled by itself.
     let socket = backend.emperor.sockets_dir.join("busy.example.sock");
     let fill_queue = "import socket, sys, time\n\

@@ -320,7 +320,7 @@ fn backends_fail_over_come_back_and_join_while_sites_keep_their_place() {
     )
     .unwrap();
     let yaml = format!(
-        "metrics:\n  listen: 127.0.0.1:{EDGE_METRICS}\nedge:\n  listen: ['127.0.0.1:{EDGE_PORT}']\n  backends_file: {}\n  connect_timeout: 500ms\n  read_timeout: 3s\n  health_check:\n    kind: http\n    interval: 1s\n    timeout: 500ms\n    failures: {HEALTH_FAILURES}\n    successes: {HEALTH_SUCCESSES}\n",
+        "metrics:\n  listen: 127.0.0.1:{EDGE_METRICS}\nedge:\n  listen: ['127.0.0.1:{EDGE_PORT}']\n  backends_file: {}\n  limits:\n    proxy_connect_timeout: 500ms\n    proxy_read_timeout: 3s\n  health_check:\n    kind: http\n    interval: 1s\n    timeout: 500ms\n    failures: {HEALTH_FAILURES}\n    successes: {HEALTH_SUCCESSES}\n",
         backends_file.display()
     );
     let prefix = network.exec_prefix("edge");

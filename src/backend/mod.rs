@@ -12,7 +12,7 @@ pub mod starter;
 use crate::cidr::Cidr;
 use crate::config::{BackendConfig, UpstreamTimeouts};
 use crate::forwarding;
-use crate::frontdoor::FrontDoor;
+use crate::frontdoor::{ClientSlot, FrontDoor};
 use crate::metrics::RoleMetrics;
 use crate::pages;
 use activity::{Activity, SiteActivity};
@@ -56,6 +56,8 @@ pub struct BackendCtx {
     started: Instant,
     site: String,
     body_received: u64,
+    /// Held until the request ends (max_connections_per_client).
+    _client_slot: Option<ClientSlot>,
     activity: Option<Arc<SiteActivity>>,
     /// The last connect found nothing listening: start the app before the next attempt.
     needs_start: bool,
@@ -116,6 +118,7 @@ impl ProxyHttp for BackendProxy {
             started: Instant::now(),
             site: String::new(),
             body_received: 0,
+            _client_slot: None,
             activity: None,
             needs_start: false,
             start_attempted: false,
@@ -127,9 +130,11 @@ impl ProxyHttp for BackendProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut BackendCtx) -> Result<bool> {
-        let Some(site) = self.front_door.admit(session).await? else {
+        let Some(admitted) = self.front_door.admit(session).await? else {
             return Ok(true);
         };
+        ctx._client_slot = admitted.client_slot;
+        let site = admitted.site;
         if !self.sites.is_known(&site) {
             pages::send(session, &pages::UNKNOWN_SITE).await?;
             return Ok(true);
@@ -180,9 +185,7 @@ impl ProxyHttp for BackendProxy {
             warn!("site {}: unusable socket path {path:?}: {e}", ctx.site);
             Error::explain(HTTPStatus(502), "socket path too long")
         })?;
-        peer.options.connection_timeout = Some(self.upstream.connect);
-        peer.options.read_timeout = Some(self.upstream.read);
-        peer.options.idle_timeout = Some(self.upstream.keepalive);
+        self.upstream.apply_to(&mut peer.options);
         Ok(Box::new(peer))
     }
 

@@ -32,11 +32,22 @@ pub struct EdgeSection {
     pub retry_idempotent: Option<bool>,
     pub health_host: Option<String>,
     pub allow_ip_hosts: Option<bool>,
-    pub connect_timeout: Option<Scalar>,
-    pub read_timeout: Option<Scalar>,
-    pub keepalive_timeout: Option<Scalar>,
+    pub limits: Option<LimitsSection>,
     pub upstream_keepalive_timeout: Option<Scalar>,
+}
+
+/// nginx's names for nginx's limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
     pub client_max_body_size: Option<Scalar>,
+    pub client_header_timeout: Option<Scalar>,
+    pub client_body_timeout: Option<Scalar>,
+    pub keepalive_timeout: Option<Scalar>,
+    pub proxy_connect_timeout: Option<Scalar>,
+    pub proxy_read_timeout: Option<Scalar>,
+    pub proxy_send_timeout: Option<Scalar>,
+    pub max_connections_per_client: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,11 +87,8 @@ pub struct BackendSection {
     pub trusted_proxies: Option<Vec<String>>,
     pub health_host: Option<String>,
     pub allow_ip_hosts: Option<bool>,
-    pub connect_timeout: Option<Scalar>,
-    pub read_timeout: Option<Scalar>,
-    pub keepalive_timeout: Option<Scalar>,
+    pub limits: Option<LimitsSection>,
     pub upstream_keepalive_timeout: Option<Scalar>,
-    pub client_max_body_size: Option<Scalar>,
     pub initializer: Option<InitializerSection>,
     pub start_timeout: Option<Scalar>,
     pub max_starts: Option<usize>,

@@ -38,6 +38,10 @@ pub struct Frontend {
     pub keepalive_timeout: Duration,
     /// `None` means unlimited.
     pub client_max_body_size: Option<u64>,
+    /// Longest pause while a request body is read.
+    pub client_body_timeout: Duration,
+    /// Requests from one client IP in progress at once (nginx's `limit_conn`); `None`: no limit.
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// How a role talks to its upstreams.
@@ -45,8 +49,18 @@ pub struct Frontend {
 pub struct UpstreamTimeouts {
     pub connect: Duration,
     pub read: Duration,
+    pub send: Duration,
     /// How long an idle pooled upstream connection is kept for reuse.
     pub keepalive: Duration,
+}
+
+impl UpstreamTimeouts {
+    pub fn apply_to(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
+        options.connection_timeout = Some(self.connect);
+        options.read_timeout = Some(self.read);
+        options.write_timeout = Some(self.send);
+        options.idle_timeout = Some(self.keepalive);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

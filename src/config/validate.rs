@@ -4,7 +4,7 @@
 use super::backends::{parse_backend_list, parse_backends_file};
 use super::file::{
     BackendSection, EdgeSection, FileConfig, HashName, HealthCheckName, HealthCheckSection,
-    InitializerKind, InitializerSection, Scalar,
+    InitializerKind, InitializerSection, LimitsSection, Scalar,
 };
 use super::units::{parse_duration, parse_size};
 use super::*;
@@ -13,20 +13,17 @@ use std::fmt;
 
 const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
 const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+// nginx's defaults, under nginx's names (`limits:`).
 const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
-const DEFAULT_CLIENT_MAX_BODY_SIZE: u64 = 100 << 20;
-const DEFAULT_EDGE_UPSTREAM: UpstreamTimeouts = UpstreamTimeouts {
-    connect: Duration::from_secs(2),
-    read: Duration::from_secs(300),
-    keepalive: Duration::from_secs(60),
-};
-const DEFAULT_BACKEND_UPSTREAM: UpstreamTimeouts = UpstreamTimeouts {
-    connect: Duration::from_secs(1),
-    read: Duration::from_secs(300),
-    // Below uWSGI's own keep-alive timeout (`socket-timeout`, 4 s by default), so a pooled
-    // connection is dropped by Herald before uWSGI closes it under a request.
-    keepalive: Duration::from_secs(2),
-};
+const DEFAULT_CLIENT_MAX_BODY_SIZE: u64 = 1 << 20;
+const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pingora reads a connection's first request headers with this timeout, fixed in 0.9.
+const PINGORA_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_EDGE_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Below uWSGI's own keep-alive timeout (`socket-timeout`, 4 s by default), so a pooled
+/// connection is dropped by Herald before uWSGI closes it under a request.
+const DEFAULT_BACKEND_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(2);
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_STARTS: usize = 8;
 const DEFAULT_START_QUEUE: usize = 1000;
@@ -196,8 +193,7 @@ impl Checker {
             &raw.listen,
             raw.health_host.as_ref(),
             raw.allow_ip_hosts,
-            raw.keepalive_timeout.as_ref(),
-            raw.client_max_body_size.as_ref(),
+            raw.limits.as_ref(),
         );
         let hash = match raw.hash.unwrap_or(HashName::Ketama) {
             HashName::Ketama => HashMode::Ketama,
@@ -227,12 +223,9 @@ impl Checker {
         let health_check = self.health_check(raw.health_check.as_ref(), &frontend.health_host);
         let upstream = self.upstream_timeouts(
             "edge",
-            [
-                &raw.connect_timeout,
-                &raw.read_timeout,
-                &raw.upstream_keepalive_timeout,
-            ],
-            DEFAULT_EDGE_UPSTREAM,
+            raw.limits.as_ref(),
+            raw.upstream_keepalive_timeout.as_ref(),
+            DEFAULT_EDGE_UPSTREAM_KEEPALIVE,
         );
         EdgeConfig {
             frontend,
@@ -331,8 +324,7 @@ impl Checker {
             &raw.listen,
             raw.health_host.as_ref(),
             raw.allow_ip_hosts,
-            raw.keepalive_timeout.as_ref(),
-            raw.client_max_body_size.as_ref(),
+            raw.limits.as_ref(),
         );
         let sites_dir = self.existing_dir("backend.sites_dir", &raw.sites_dir);
         let vassals_dir = self.existing_dir("backend.vassals_dir", &raw.vassals_dir);
@@ -354,12 +346,9 @@ impl Checker {
         };
         let upstream = self.upstream_timeouts(
             "backend",
-            [
-                &raw.connect_timeout,
-                &raw.read_timeout,
-                &raw.upstream_keepalive_timeout,
-            ],
-            DEFAULT_BACKEND_UPSTREAM,
+            raw.limits.as_ref(),
+            raw.upstream_keepalive_timeout.as_ref(),
+            DEFAULT_BACKEND_UPSTREAM_KEEPALIVE,
         );
         let starts = self.app_starts(&raw);
         BackendConfig {
@@ -474,8 +463,7 @@ impl Checker {
         listen: &[String],
         health_host: Option<&String>,
         allow_ip_hosts: Option<bool>,
-        keepalive_timeout: Option<&Scalar>,
-        client_max_body_size: Option<&Scalar>,
+        limits: Option<&LimitsSection>,
     ) -> Frontend {
         if listen.is_empty() {
             self.bad(
@@ -488,11 +476,6 @@ impl Checker {
             .enumerate()
             .filter_map(|(i, text)| self.socket_addr(&format!("{role}.listen[{i}]"), text))
             .collect();
-        let max_body = self.size(
-            &format!("{role}.client_max_body_size"),
-            client_max_body_size,
-            DEFAULT_CLIENT_MAX_BODY_SIZE,
-        );
         let health_host = match health_host {
             None => DEFAULT_HEALTH_HOST.to_owned(),
             Some(name) => match crate::host::parse_site(name.as_bytes(), false) {
@@ -506,38 +489,75 @@ impl Checker {
                 }
             },
         };
+        let default = LimitsSection::default();
+        let limits = limits.unwrap_or(&default);
+        let field = |key: &str| format!("{role}.limits.{key}");
+        let max_body = self.size(
+            &field("client_max_body_size"),
+            limits.client_max_body_size.as_ref(),
+            DEFAULT_CLIENT_MAX_BODY_SIZE,
+        );
+        let header_timeout = self.duration(
+            &field("client_header_timeout"),
+            limits.client_header_timeout.as_ref(),
+            PINGORA_HEADER_TIMEOUT,
+        );
+        if header_timeout != PINGORA_HEADER_TIMEOUT {
+            self.bad(
+                field("client_header_timeout"),
+                "Pingora 0.9 reads request headers with a fixed 60s timeout; only 60s can be set",
+            );
+        }
         Frontend {
             listen,
             allow_ip_hosts: allow_ip_hosts.unwrap_or(false),
             health_host,
             keepalive_timeout: self.duration(
-                &format!("{role}.keepalive_timeout"),
-                keepalive_timeout,
+                &field("keepalive_timeout"),
+                limits.keepalive_timeout.as_ref(),
                 DEFAULT_KEEPALIVE_TIMEOUT,
             ),
             client_max_body_size: (max_body > 0).then_some(max_body),
+            client_body_timeout: self.duration(
+                &field("client_body_timeout"),
+                limits.client_body_timeout.as_ref(),
+                DEFAULT_CLIENT_BODY_TIMEOUT,
+            ),
+            max_connections_per_client: limits.max_connections_per_client.filter(|n| *n > 0),
         }
     }
 
-    /// `connect_timeout`, `read_timeout` and `upstream_keepalive_timeout` of `role`.
+    /// The `proxy_*_timeout` limits of `role`, and how long idle upstream connections are kept.
     fn upstream_timeouts(
         &mut self,
         role: &str,
-        raw: [&Option<Scalar>; 3],
-        default: UpstreamTimeouts,
+        limits: Option<&LimitsSection>,
+        keepalive: Option<&Scalar>,
+        default_keepalive: Duration,
     ) -> UpstreamTimeouts {
-        let [connect, read, keepalive] = raw;
+        let default = LimitsSection::default();
+        let limits = limits.unwrap_or(&default);
+        let field = |key: &str| format!("{role}.limits.{key}");
         UpstreamTimeouts {
             connect: self.duration(
-                &format!("{role}.connect_timeout"),
-                connect.as_ref(),
-                default.connect,
+                &field("proxy_connect_timeout"),
+                limits.proxy_connect_timeout.as_ref(),
+                DEFAULT_PROXY_TIMEOUT,
             ),
-            read: self.duration(&format!("{role}.read_timeout"), read.as_ref(), default.read),
+            read: self.duration(
+                &field("proxy_read_timeout"),
+                limits.proxy_read_timeout.as_ref(),
+                DEFAULT_PROXY_TIMEOUT,
+            ),
+            send: self.duration(
+                &field("proxy_send_timeout"),
+                limits.proxy_send_timeout.as_ref(),
+                DEFAULT_PROXY_TIMEOUT,
+            ),
             keepalive: self.duration(
                 &format!("{role}.upstream_keepalive_timeout"),
-                keepalive.as_ref(),
-                default.keepalive,
+                keepalive,
+                default_keepalive,
             ),
         }
     }
@@ -736,7 +756,7 @@ mod tests {
         let edge = config.edge.unwrap();
         assert_eq!(edge.hash, HashMode::Ketama);
         assert_eq!(edge.backends[1].weight, 3);
-        assert_eq!(edge.upstream.connect, DEFAULT_EDGE_UPSTREAM.connect);
+        assert_eq!(edge.upstream.connect, DEFAULT_PROXY_TIMEOUT);
         assert_eq!(
             config.server.grace_period_seconds,
             Some(DEFAULT_GRACE_PERIOD_SECONDS)
@@ -746,7 +766,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_field() {
         let text = problems(
-            "edge:\n  listen: ['127.0.0.1:80', 'nope']\n  hash: modulo\n  backends: ['10.0.0.1:80', '10.0.0.x:80', '10.0.0.1:80', '10.0.0.2:80 2']\n  connect_timeout: 5y\n",
+            "edge:\n  listen: ['127.0.0.1:80', 'nope']\n  hash: modulo\n  backends: ['10.0.0.1:80', '10.0.0.x:80', '10.0.0.1:80', '10.0.0.2:80 2']\n  limits:\n    proxy_connect_timeout: 5y\n",
         );
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.contains(&"t.yaml: edge.listen[1]: invalid address \"nope\": expected ip:port, like 0.0.0.0:80 or [::]:80"), "{text}");
@@ -766,7 +786,8 @@ mod tests {
         assert!(
             lines
                 .iter()
-                .any(|l| l.starts_with("t.yaml: edge.connect_timeout: invalid duration")),
+                .any(|l| l
+                    .starts_with("t.yaml: edge.limits.proxy_connect_timeout: invalid duration")),
             "{text}"
         );
         assert_eq!(lines.len(), 5, "{text}");

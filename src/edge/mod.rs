@@ -8,7 +8,7 @@ pub mod placement;
 
 use crate::config::{EdgeConfig, UpstreamTimeouts};
 use crate::forwarding;
-use crate::frontdoor::FrontDoor;
+use crate::frontdoor::{ClientSlot, FrontDoor};
 use crate::metrics::RoleMetrics;
 use crate::pages;
 use async_trait::async_trait;
@@ -42,6 +42,8 @@ pub struct EdgeCtx {
     started: Instant,
     site: String,
     body_received: u64,
+    /// Held until the request ends (max_connections_per_client).
+    _client_slot: Option<ClientSlot>,
     /// Backends this request was sent to, in order.
     tried: Vec<SocketAddr>,
 }
@@ -61,14 +63,16 @@ impl ProxyHttp for EdgeProxy {
             started: Instant::now(),
             site: String::new(),
             body_received: 0,
+            _client_slot: None,
             tried: Vec::new(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
         match self.front_door.admit(session).await? {
-            Some(site) => {
-                ctx.site = site;
+            Some(admitted) => {
+                ctx.site = admitted.site;
+                ctx._client_slot = admitted.client_slot;
                 Ok(false)
             }
             None => Ok(true),
@@ -97,9 +101,7 @@ impl ProxyHttp for EdgeProxy {
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend server available"))?;
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(self.upstream.connect);
-        peer.options.read_timeout = Some(self.upstream.read);
-        peer.options.idle_timeout = Some(self.upstream.keepalive);
+        self.upstream.apply_to(&mut peer.options);
         Ok(Box::new(peer))
     }
 
@@ -127,7 +129,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if ctx.may_try_another() {
+        // With no other backend to try, the client gets this error itself (a 504 for a
+        // timeout, say) rather than "no backend available".
+        if ctx.may_try_another() && self.placement.pick(&ctx.site, &ctx.tried).is_some() {
             e.set_retry(true);
         }
         e

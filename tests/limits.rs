@@ -1,0 +1,310 @@
+//! nginx's limits, under nginx's names, each enforced: body size, header/body/keep-alive
+//! timeouts towards the client, connect/read/send timeouts towards the upstream, and the
+//! number of requests one client may have in progress.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A uWSGI emperor with one running site, and a herald node (edge + backend in one process)
+/// with `limits` under both roles.
+struct Node {
+    _dir: tempfile::TempDir,
+    _emperor: Emperor,
+    edge: u16,
+    backend: u16,
+    _herald: Herald,
+}
+
+fn start_node(limits: &str) -> Node {
+    start_node_with(limits, limits)
+}
+
+fn start_node_with(edge_limits: &str, backend_limits: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let emperor = Emperor::start(dir.path(), &["limits.example"], &[]);
+    let (edge, backend, metrics) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "{}  limits:\n{backend_limits}edge:\n  listen: ['127.0.0.1:{edge}']\n  backends: ['127.0.0.1:{backend}']\n  limits:\n{edge_limits}",
+        emperor.backend_yaml(backend, metrics, ""),
+    );
+    let herald = Herald::start(dir.path(), "node", &yaml, &[edge, backend]);
+    Node {
+        _dir: dir,
+        _emperor: emperor,
+        edge,
+        backend,
+        _herald: herald,
+    }
+}
+
+fn elapsed_of<T>(work: impl FnOnce() -> T) -> (T, Duration) {
+    let began = Instant::now();
+    let out = work();
+    (out, began.elapsed())
+}
+
+/// Reads until the server closes the connection; returns what arrived.
+fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(90)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn client_max_body_size_refuses_large_bodies_before_they_reach_the_app() {
+    let node = start_node("    client_max_body_size: 1k\n");
+    for port in [node.edge, node.backend] {
+        let mut raw = b"POST / HTTP/1.1\r\nHost: limits.example\r\nContent-Length: 2048\r\nConnection: close\r\n\r\n".to_vec();
+        raw.extend_from_slice(&[b'x'; 2048]);
+        let resp = send_raw(port, &raw);
+        assert_eq!(resp.status, 413);
+        assert!(resp.text().contains("larger than this server accepts"));
+        // Without Content-Length, the limit applies while the body streams.
+        let mut raw = b"POST / HTTP/1.1\r\nHost: limits.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n800\r\n".to_vec();
+        raw.extend_from_slice(&[b'y'; 0x800]);
+        raw.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(send_raw(port, &raw).status, 413);
+        // Within the limit, the body arrives.
+        let mut raw = b"POST / HTTP/1.1\r\nHost: limits.example\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n".to_vec();
+        raw.extend_from_slice(&[b'z'; 1024]);
+        assert_eq!(send_raw(port, &raw).json()["body_length"], 1024);
+    }
+}
+
+#[test]
+fn client_header_timeout_closes_a_connection_whose_headers_never_end() {
+    // Pingora 0.9 fixes this at 60 s (the configuration refuses other values).
+    let node = start_node("    client_header_timeout: 60s\n");
+    let mut stream = TcpStream::connect(("127.0.0.1", node.edge)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: limits.example\r\n")
+        .unwrap();
+    let (_, waited) = elapsed_of(|| read_until_closed(&mut stream));
+    assert!(
+        (Duration::from_secs(55)..Duration::from_secs(75)).contains(&waited),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn client_body_timeout_answers_408_when_the_body_stalls() {
+    let node = start_node("    client_body_timeout: 1s\n");
+    for port in [node.edge, node.backend] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: limits.example\r\nContent-Length: 100\r\n\r\nonly ten b",
+            )
+            .unwrap();
+        let (answer, waited) = elapsed_of(|| read_until_closed(&mut stream));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "port {port}: {answer}");
+        assert!(
+            (Duration::from_millis(900)..Duration::from_secs(10)).contains(&waited),
+            "{waited:?}"
+        );
+    }
+}
+
+#[test]
+fn keepalive_timeout_closes_idle_connections_and_zero_turns_keepalive_off() {
+    let node = start_node("    keepalive_timeout: 1s\n");
+    let mut stream = TcpStream::connect(("127.0.0.1", node.edge)).unwrap();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: limits.example\r\n\r\n")
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let n = stream.read(&mut buffer).unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).contains("Hello from limits.example"));
+    let (rest, idle) = elapsed_of(|| read_until_closed(&mut stream));
+    assert!(rest.is_empty());
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(10)).contains(&idle),
+        "closed after {idle:?}"
+    );
+
+    let off = start_node("    keepalive_timeout: 0\n");
+    let resp = send_raw(
+        off.edge,
+        b"GET /hello HTTP/1.1\r\nHost: limits.example\r\n\r\n",
+    );
+    assert_eq!(resp.header("connection"), Some("close"));
+}
+
+#[test]
+fn proxy_read_timeout_answers_504_for_a_slow_app() {
+    let node = start_node("    proxy_read_timeout: 1s\n");
+    let (resp, waited) = elapsed_of(|| get(node.backend, "limits.example", "/sleep?s=3"));
+    assert_eq!(resp.status, 504, "{}", resp.text());
+    assert!(resp.text().contains("took too long to answer"));
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2900)).contains(&waited),
+        "{waited:?}"
+    );
+    // Once the app's one worker is free again, quick views are answered.
+    wait_until("a quick answer", Duration::from_secs(10), || {
+        get(node.backend, "limits.example", "/sleep?s=0.1").status == 200
+    });
+}
+
+/// A TCP server that never reads nor answers, its listen queue full, so connects hang.
+fn black_hole(dir: &std::path::Path) -> (u16, Process) {
+    let port_file = dir.join("hole.port");
+    let script = "import socket, sys, time\n\
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)\n\
+        port = s.getsockname()[1]\n\
+        held = []\n\
+        for _ in range(8):\n\
+        \x20   c = socket.socket(); c.setblocking(False)\n\
+        \x20   try: c.connect(('127.0.0.1', port))\n\
+        \x20   except BlockingIOError: pass\n\
+        \x20   held.append(c)\n\
+        time.sleep(0.2)\n\
+        open(sys.argv[1] + '.tmp', 'w').write(str(port))\n\
+        import os; os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n\
+        time.sleep(300)\n";
+    let mut process = Process::spawn(
+        "black hole",
+        Command::new("python3").args(["-c", script, port_file.to_str().unwrap()]),
+        &dir.join("hole.log"),
+    );
+    wait_until("the black hole", STARTUP_DEADLINE, || {
+        process.assert_running();
+        port_file.exists()
+    });
+    (
+        std::fs::read_to_string(&port_file)
+            .unwrap()
+            .parse()
+            .unwrap(),
+        process,
+    )
+}
+
+/// A TCP server that accepts and holds connections but never reads from them.
+fn deaf_server(dir: &std::path::Path) -> (u16, Process) {
+    let port_file = dir.join("deaf.port");
+    let script = "import socket, sys, os, time\n\
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n\
+        open(sys.argv[1] + '.tmp', 'w').write(str(s.getsockname()[1])); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n\
+        held = []\n\
+        while True:\n\
+        \x20   c, _ = s.accept(); c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096); held.append(c)\n";
+    let mut process = Process::spawn(
+        "deaf server",
+        Command::new("python3").args(["-c", script, port_file.to_str().unwrap()]),
+        &dir.join("deaf.log"),
+    );
+    wait_until("the deaf server", STARTUP_DEADLINE, || {
+        process.assert_running();
+        port_file.exists()
+    });
+    (
+        std::fs::read_to_string(&port_file)
+            .unwrap()
+            .parse()
+            .unwrap(),
+        process,
+    )
+}
+
+fn edge_only(dir: &std::path::Path, backend: u16, limits: &str) -> (u16, Herald) {
+    let port = free_port();
+    let yaml = format!(
+        "edge:\n  listen: ['127.0.0.1:{port}']\n  backends: ['127.0.0.1:{backend}']\n  limits:\n{limits}"
+    );
+    (port, Herald::start(dir, "edge", &yaml, &[port]))
+}
+
+#[test]
+fn proxy_connect_timeout_answers_504_when_the_backend_does_not_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hole, _hole) = black_hole(dir.path());
+    let (edge, _edge) = edge_only(dir.path(), hole, "    proxy_connect_timeout: 1s\n");
+    let (resp, waited) = elapsed_of(|| get(edge, "limits.example", "/"));
+    assert_eq!(resp.status, 504, "{}", resp.text());
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(5)).contains(&waited),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn proxy_send_timeout_answers_504_when_the_backend_stops_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let (deaf, _deaf) = deaf_server(dir.path());
+    // Pingora stops sending after proxy_send_timeout, then waits up to proxy_read_timeout for
+    // an answer (the upstream may answer early) before the 504.
+    let (edge, edge_process) = edge_only(
+        dir.path(),
+        deaf,
+        "    proxy_send_timeout: 1s\n    proxy_read_timeout: 3s\n    client_max_body_size: 0\n",
+    );
+    let body = vec![b'x'; 32 << 20];
+    let mut stream = TcpStream::connect(("127.0.0.1", edge)).unwrap();
+    let began = Instant::now();
+    stream
+        .write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: limits.example\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    // The edge stops reading once its upstream write is stuck; the answer comes anyway.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = stream.write_all(&body);
+    let answer = read_until_closed(&mut stream);
+    let waited = began.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 504"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+}
+
+#[test]
+fn max_connections_per_client_answers_429_past_the_limit() {
+    // On the edge only: on a backend, every request comes from the edge's address.
+    let node = start_node_with("    max_connections_per_client: 2\n", "");
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let port = node.edge;
+            std::thread::spawn(move || get(port, "limits.example", "/sleep?s=2").status)
+        })
+        .collect();
+    // A site with no app is answered at once (404) while there is room, so polling with it
+    // does not queue behind the slow requests in the app's one worker.
+    wait_until(
+        "two slow requests in progress",
+        Duration::from_secs(10),
+        || get(node.edge, "nowhere.example", "/").status == 429,
+    );
+    let resp = get(node.edge, "limits.example", "/hello");
+    assert_eq!(resp.status, 429);
+    assert!(resp.text().contains("Too many requests from your address"));
+    for request in slow {
+        assert_eq!(request.join().unwrap(), 200);
+    }
+    assert_eq!(
+        get(node.edge, "limits.example", "/hello").status,
+        200,
+        "slots come back"
+    );
+}
