@@ -277,6 +277,12 @@ fn proxy_send_timeout_answers_504_when_the_backend_stops_reading() {
         &answer[..answer.len().min(300)]
     );
     assert!(waited < Duration::from_secs(20), "{waited:?}");
+    // The upload was cut after proxy_send_timeout, not left to the read timeout alone.
+    assert!(
+        edge_process.log().contains("writing body, timeout: 1s"),
+        "{}",
+        edge_process.log()
+    );
 }
 
 #[test]
