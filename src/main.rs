@@ -66,6 +66,7 @@ fn main() -> ExitCode {
         edge::add_services(&mut server, edge);
     }
     metrics::register_all();
+    metrics::register_process();
     if let Some(backend) = &config.backend {
         backend::add_services(&mut server, backend);
     }

@@ -179,3 +179,62 @@ pub fn forget_backend(backend: &str) {
     let _ = BACKEND_UP.remove_label_values(&[backend]);
     let _ = BACKEND_CHANGED.remove_label_values(&[backend]);
 }
+
+static UPSTREAM_CONNECT_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_upstream_connect_failures_total",
+        "Connects to an upstream that failed, by role and reason (not_running, refused, timeout, busy, other)",
+        &["role", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+static BACKEND_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_backend_requests_total",
+        "Requests the edge sent to each backend (a request retried elsewhere counts for both)",
+        &["backend"]
+    )
+    .expect("metric registers once")
+});
+
+static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_config_reloads_total",
+        "Configuration loads: at start (also after a graceful upgrade) and each change of edge.backends_file, by result",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+pub fn upstream_connect_failed(role: &str, reason: &str) {
+    UPSTREAM_CONNECT_FAILURES
+        .with_label_values(&[role, reason])
+        .inc();
+}
+
+pub fn backend_request(backend: &str) {
+    BACKEND_REQUESTS.with_label_values(&[backend]).inc();
+}
+
+pub fn config_reloaded(ok: bool) {
+    CONFIG_RELOADS
+        .with_label_values(&[if ok { "ok" } else { "error" }])
+        .inc();
+}
+
+/// Build information, registered once at start, with the configuration load that started
+/// this process. (The default registry already has the process collector: CPU, memory, open
+/// files.)
+pub fn register_process() {
+    let build_info = prometheus::register_int_gauge_vec!(
+        "herald_build_info",
+        "Herald's version (always 1)",
+        &["version"]
+    )
+    .expect("metric registers once");
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    config_reloaded(true);
+}

@@ -13,7 +13,7 @@ use crate::cidr::Cidr;
 use crate::config::{BackendConfig, UpstreamTimeouts};
 use crate::forwarding;
 use crate::frontdoor::{ClientSlot, FrontDoor};
-use crate::metrics::RoleMetrics;
+use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use activity::{Activity, SiteActivity};
 use async_trait::async_trait;
@@ -79,6 +79,16 @@ enum ConnectFailure {
     /// Listen queue full, or no accept in time: the app runs but is overloaded.
     Busy,
     Other,
+}
+
+impl ConnectFailure {
+    fn reason(&self) -> &'static str {
+        match self {
+            ConnectFailure::NotRunning => "not_running",
+            ConnectFailure::Busy => "busy",
+            ConnectFailure::Other => "other",
+        }
+    }
 }
 
 fn classify_connect_failure(e: &Error) -> ConnectFailure {
@@ -257,7 +267,9 @@ impl ProxyHttp for BackendProxy {
         ctx: &mut BackendCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        match classify_connect_failure(&e) {
+        let failure = classify_connect_failure(&e);
+        metrics::upstream_connect_failed("backend", failure.reason());
+        match failure {
             // Nothing was sent, so any method may be retried once the app is up.
             ConnectFailure::NotRunning if !ctx.start_attempted => {
                 ctx.needs_start = true;

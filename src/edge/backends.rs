@@ -70,6 +70,9 @@ impl BackendList {
             }
             Err(problem) => {
                 metrics::BACKENDS_FILE_ERRORS.inc();
+                if last_problem.as_deref() != Some(problem.as_str()) {
+                    metrics::config_reloaded(false);
+                }
                 metrics::BACKENDS_FILE_VALID.set(0);
                 if last_problem.as_deref() != Some(problem.as_str()) {
                     error!("backends file {path:?}: {problem}; keeping the last good list");
@@ -105,6 +108,7 @@ impl BackendList {
         if old.len() == list.len() && old.iter().all(|b| list.contains(b)) {
             info!("backends file: same servers in a new order");
         }
+        metrics::config_reloaded(true);
         self.ordered.store(Arc::new(list));
     }
 }

@@ -9,7 +9,7 @@ pub mod placement;
 use crate::config::{EdgeConfig, UpstreamTimeouts};
 use crate::forwarding;
 use crate::frontdoor::{ClientSlot, FrontDoor};
-use crate::metrics::RoleMetrics;
+use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use async_trait::async_trait;
 use backends::BackendList;
@@ -129,6 +129,12 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let reason = match e.etype() {
+            ConnectTimedout => "timeout",
+            ConnectRefused => "refused",
+            _ => "other",
+        };
+        metrics::upstream_connect_failed("edge", reason);
         // With no other backend to try, the client gets this error itself (a 504 for a
         // timeout, say) rather than "no backend available".
         if ctx.may_try_another() && self.placement.pick(&ctx.site, &ctx.tried).is_some() {
@@ -186,6 +192,9 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut EdgeCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
         self.metrics.observe(status, ctx.started.elapsed());
+        for backend in &ctx.tried {
+            metrics::backend_request(&backend.to_string());
+        }
     }
 }
 

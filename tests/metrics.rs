@@ -1,0 +1,138 @@
+//! /metrics, read with a real Prometheus text-format parser: every metric of the set is there,
+//! and the numbers move as requests are made.
+
+mod common;
+
+use common::*;
+use prometheus_parse::{Scrape, Value};
+
+fn scrape(port: u16) -> Scrape {
+    let text = get(port, "metrics", "/metrics").text();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition format")
+}
+
+/// The value of the sample of `name` whose labels include `labels` (0 if absent).
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            Value::Summary(_) => f64::NAN,
+        })
+        .sum()
+}
+
+fn has(scrape: &Scrape, name: &str) -> bool {
+    scrape.samples.iter().any(|s| s.metric == name)
+}
+
+#[test]
+fn metrics_are_exposed_and_move_with_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let emperor = Emperor::start(dir.path(), &["warm.example"], &["cold.example"]);
+    let (edge, backend, metrics) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "{}edge:\n  listen: ['127.0.0.1:{edge}']\n  backends: ['127.0.0.1:{backend}']\n",
+        emperor.backend_yaml(backend, metrics, "")
+    );
+    let _herald = Herald::start(dir.path(), "node", &yaml, &[edge, backend, metrics]);
+
+    let before = scrape(metrics);
+    for name in [
+        "herald_build_info",
+        "herald_config_reloads_total",
+        "herald_backend_up",
+        "herald_backend_state_changed_timestamp_seconds",
+        "herald_app_starts_in_progress",
+        "herald_app_stops_total",
+        "herald_apps_enabled",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(has(&before, name), "{name} is missing at start");
+    }
+    assert_eq!(
+        value(
+            &before,
+            "herald_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(value(&before, "herald_config_reloads_total", &[("result", "ok")]) >= 1.0);
+    let backend_addr = format!("127.0.0.1:{backend}");
+    assert_eq!(
+        value(&before, "herald_backend_up", &[("backend", &backend_addr)]),
+        1.0
+    );
+    assert!(value(&before, "process_open_fds", &[]) > 0.0);
+    assert!(value(&before, "process_resident_memory_bytes", &[]) > 0.0);
+
+    for _ in 0..5 {
+        assert_eq!(get(edge, "warm.example", "/hello").status, 200);
+    }
+    assert_eq!(get(edge, "cold.example", "/hello").status, 200);
+    assert_eq!(get(edge, "nobody.example", "/").status, 404);
+    assert_eq!(get(edge, "bad_host", "/").status, 400);
+
+    let after = scrape(metrics);
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(
+        moved(
+            "herald_requests_total",
+            &[("role", "edge"), ("code", "2xx")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        moved(
+            "herald_requests_total",
+            &[("role", "edge"), ("code", "4xx")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        moved(
+            "herald_requests_total",
+            &[("role", "backend"), ("code", "2xx")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        moved(
+            "herald_requests_total",
+            &[("role", "backend"), ("code", "4xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved("herald_request_duration_seconds_count", &[("role", "edge")]),
+        8.0
+    );
+    assert_eq!(
+        moved(
+            "herald_backend_requests_total",
+            &[("backend", &backend_addr)]
+        ),
+        7.0
+    );
+    assert_eq!(moved("herald_app_starts_total", &[("result", "ok")]), 1.0);
+    assert_eq!(moved("herald_app_start_duration_seconds_count", &[]), 1.0);
+    assert_eq!(moved("herald_requests_waited_on_start_total", &[]), 1.0);
+    assert_eq!(
+        moved(
+            "herald_upstream_connect_failures_total",
+            &[("role", "backend"), ("reason", "not_running")]
+        ),
+        1.0
+    );
+    // Whole seconds only: a fresh process may show 0.
+    assert!(value(&after, "process_cpu_seconds_total", &[]) >= 0.0);
+}
