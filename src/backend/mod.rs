@@ -206,6 +206,10 @@ impl ProxyHttp for BackendProxy {
         _ctx: &mut BackendCtx,
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
+        if self.upstream.keepalive.is_zero() {
+            // Tells Pingora not to pool the connection: the app closes it after answering.
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
         // Only a trusted hop (the edge) may tell the app who the client is.
         if self.is_trusted(session) && forwarding::has_forwarding_headers(upstream_request) {
             return Ok(());

@@ -21,9 +21,10 @@ const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const PINGORA_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_EDGE_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
-/// Below uWSGI's own keep-alive timeout (`socket-timeout`, 4 s by default), so a pooled
-/// connection is dropped by Herald before uWSGI closes it under a request.
-const DEFAULT_BACKEND_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(2);
+/// No pooling: uWSGI's `http-socket` answers HTTP/1.1 without `Connection: close` and then
+/// closes, so a pooled connection would be dead on reuse. (With `http11-socket`, set it below
+/// uWSGI's `socket-timeout`, 4 s by default, e.g. 2s.)
+const DEFAULT_BACKEND_UPSTREAM_KEEPALIVE: Duration = Duration::ZERO;
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_STARTS: usize = 8;
 const DEFAULT_START_QUEUE: usize = 1000;

@@ -78,6 +78,10 @@ impl Process {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Panics with the log if the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {

@@ -1,0 +1,203 @@
+//! Reload = Pingora's graceful upgrade: a new herald started with `-u` takes over the
+//! listening sockets when the old one gets SIGQUIT, and the old one finishes its requests.
+//! Under continuous load over keep-alive connections, several upgrades in a row lose nothing,
+//! including a cold start in progress during one of them.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const UPGRADES: usize = 3;
+
+/// One response on a keep-alive connection: `Ok(None)` when the server had closed the
+/// connection before answering (an idle keep-alive connection closed by a server that is
+/// shutting down), which any HTTP client retries on a new connection.
+fn exchange(stream: &mut BufReader<TcpStream>, site: &str) -> std::io::Result<Option<u16>> {
+    let request = format!("GET /hello HTTP/1.1\r\nHost: {site}\r\n\r\n");
+    if stream.get_mut().write_all(request.as_bytes()).is_err() {
+        return Ok(None);
+    }
+    let mut status_line = String::new();
+    match stream.read_line(&mut status_line) {
+        Ok(0) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("connection closed in the headers"));
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body)?;
+    Ok(Some(status))
+}
+
+struct LoadReport {
+    answered: usize,
+    errors: Vec<String>,
+}
+
+/// Keep-alive clients hitting the edge until told to stop (bounded in count and time).
+fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadReport> {
+    std::thread::spawn(move || {
+        let mut report = LoadReport {
+            answered: 0,
+            errors: Vec::new(),
+        };
+        let began = Instant::now();
+        let mut connection: Option<BufReader<TcpStream>> = None;
+        while !stop.load(Ordering::SeqCst)
+            && began.elapsed() < Duration::from_secs(120)
+            && report.answered < 100_000
+        {
+            let fresh = connection.is_none();
+            let stream = match connection.as_mut() {
+                Some(stream) => stream,
+                None => match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(stream) => {
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(30)))
+                            .unwrap();
+                        connection.insert(BufReader::new(stream))
+                    }
+                    Err(e) => {
+                        report.errors.push(format!("connect: {e}"));
+                        continue;
+                    }
+                },
+            };
+            match exchange(stream, "warm.example") {
+                Ok(Some(200)) => report.answered += 1,
+                Ok(Some(status)) => {
+                    report.errors.push(format!("status {status}"));
+                    connection = None;
+                }
+                Ok(None) if !fresh => connection = None, // closed while idle: reconnect, resend
+                Ok(None) => {
+                    report
+                        .errors
+                        .push("a new connection was closed unanswered".into());
+                    connection = None;
+                }
+                Err(e) => {
+                    report.errors.push(format!("exchange: {e}"));
+                    connection = None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        report
+    })
+}
+
+fn spawn_herald(root: &Path, config: &Path, upgrade: bool, generation: usize) -> Process {
+    let mut command = Command::new(herald_bin());
+    if upgrade {
+        command.arg("-u");
+    }
+    command
+        .arg("-c")
+        .arg(config)
+        .env("RUST_LOG", "herald=debug,warn");
+    Process::spawn(
+        &format!("herald #{generation}"),
+        &mut command,
+        &root.join(format!("herald-{generation}.log")),
+    )
+}
+
+#[test]
+fn upgrades_under_load_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let emperor = Emperor::start(root, &["warm.example"], &[]);
+    // A site whose app takes 2 s to bring its socket up: its start spans an upgrade.
+    emperor.add_site(
+        "slow.example",
+        &emperor.vassal(&repo_path("demo/app.py"), "exec-asap = sleep 2\n"),
+    );
+    let (edge, backend, metrics) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "server:\n  pid_file: {0}/herald.pid\n  upgrade_sock: {0}/herald.upgrade.sock\n  grace_period_seconds: 5\n  graceful_shutdown_timeout_seconds: 2\n{1}edge:\n  listen: ['127.0.0.1:{edge}']\n  backends: ['127.0.0.1:{backend}']\n",
+        root.display(),
+        emperor.backend_yaml(backend, metrics, "")
+    );
+    let config = root.join("herald.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut current = spawn_herald(root, &config, false, 0);
+    wait_until("herald to listen", STARTUP_DEADLINE, || {
+        current.assert_running();
+        TcpStream::connect(("127.0.0.1", edge)).is_ok()
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4).map(|_| load(edge, stop.clone())).collect();
+    let cold_answer = Arc::new(Mutex::new(None));
+    let mut cold_request = None;
+    for generation in 1..=UPGRADES {
+        std::thread::sleep(Duration::from_millis(500)); // let the load run on this process
+        if generation == 2 {
+            let answer = cold_answer.clone();
+            cold_request = Some(std::thread::spawn(move || {
+                *answer.lock().unwrap() = Some(get(edge, "slow.example", "/hello"));
+            }));
+            wait_until("the cold start to begin", Duration::from_secs(10), || {
+                emperor.enabled("slow.example").exists()
+            });
+        }
+        let mut next = spawn_herald(root, &config, true, generation);
+        current.signal_group(libc::SIGQUIT);
+        wait_until(
+            &format!("herald #{} to hand over and exit", generation - 1),
+            Duration::from_secs(40),
+            || {
+                next.assert_running();
+                current.has_exited()
+            },
+        );
+        current = next;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = 0;
+    for client in clients {
+        let report = client.join().unwrap();
+        assert!(
+            report.errors.is_empty(),
+            "client errors during upgrades: {:?}",
+            report.errors
+        );
+        answered += report.answered;
+    }
+    assert!(answered > 200, "the load ran: {answered} answers");
+    cold_request.unwrap().join().unwrap();
+    let cold = cold_answer.lock().unwrap().take().unwrap();
+    assert_eq!(cold.status, 200, "{}", cold.text());
+    assert!(cold.text().starts_with("Hello from slow.example"));
+    eprintln!("{answered} requests answered across {UPGRADES} upgrades, none lost");
+    current.assert_running();
+}
