@@ -3,7 +3,8 @@
 //! A request that fails is answered here.
 
 use crate::config::Frontend;
-use crate::{forwarding, host, pages};
+use crate::pages::{self, ErrorPages};
+use crate::{forwarding, host};
 use bytes::Bytes;
 use log::debug;
 use pingora::prelude::*;
@@ -21,6 +22,7 @@ pub struct FrontDoor {
     max_body: Option<u64>,
     body_timeout: Duration,
     per_client: Option<Arc<ClientLimiter>>,
+    pages: ErrorPages,
 }
 
 /// A request let in: its site, and its place in its client's count.
@@ -32,7 +34,15 @@ pub struct Admitted {
 impl FrontDoor {
     pub fn new(frontend: &Frontend) -> Self {
         let secs = frontend.keepalive_timeout.as_secs();
+        let pages = match &frontend.error_pages {
+            None => ErrorPages::default(),
+            Some(dir) => ErrorPages::load(dir).unwrap_or_else(|problem| {
+                log::warn!("error_pages: {problem}; using the built-in pages");
+                ErrorPages::default()
+            }),
+        };
         FrontDoor {
+            pages,
             allow_ip_hosts: frontend.allow_ip_hosts,
             health_host: frontend.health_host.clone(),
             // Pingora reads Some(0) as "forever"; nginx's keepalive_timeout 0 means "off".
@@ -48,6 +58,11 @@ impl FrontDoor {
         }
     }
 
+    /// The role's error pages (the operator's, or the built-in ones).
+    pub fn pages(&self) -> &ErrorPages {
+        &self.pages
+    }
+
     /// The site the request is for, or `None` once the request has been answered.
     pub async fn admit(&self, session: &mut Session) -> Result<Option<Admitted>> {
         session.set_keepalive(self.keepalive);
@@ -60,19 +75,19 @@ impl FrontDoor {
                     session.req_header().headers.get(http::header::HOST),
                     reason.reason()
                 );
-                pages::send(session, &pages::BAD_HOST).await?;
+                self.pages.send(session, &pages::BAD_HOST).await?;
                 return Ok(None);
             }
         };
         if site == self.health_host {
             // A health check (from the edge, or from whatever watches this node): answered
             // here, without touching any site.
-            pages::send(session, &pages::HEALTHY).await?;
+            self.pages.send(session, &pages::HEALTHY).await?;
             return Ok(None);
         }
         if let (Some(max), Some(length)) = (self.max_body, declared_length(session)) {
             if length > max {
-                pages::send(session, &pages::BODY_TOO_LARGE).await?;
+                self.pages.send(session, &pages::BODY_TOO_LARGE).await?;
                 return Ok(None);
             }
         }
@@ -80,7 +95,9 @@ impl FrontDoor {
             (Some(limiter), Some(ip)) => match ClientLimiter::try_enter(limiter, ip) {
                 Some(slot) => Some(slot),
                 None => {
-                    pages::send(session, &pages::TOO_MANY_CONNECTIONS).await?;
+                    self.pages
+                        .send(session, &pages::TOO_MANY_CONNECTIONS)
+                        .await?;
                     return Ok(None);
                 }
             },

@@ -3,6 +3,7 @@
 // The one exception is registering inotify's descriptor with tokio (backend::socket_watch).
 #![deny(unsafe_code)]
 
+mod access_log;
 mod backend;
 mod cidr;
 mod cli;
@@ -14,6 +15,7 @@ mod host;
 mod metrics;
 mod pages;
 mod preview;
+mod request;
 
 use clap::Parser;
 use config::Config;

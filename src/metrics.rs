@@ -238,3 +238,11 @@ pub fn register_process() {
         .set(1);
     config_reloaded(true);
 }
+
+pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind"
+    )
+    .expect("metric registers once")
+});

@@ -4,6 +4,8 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 pub struct Page {
@@ -124,32 +126,112 @@ pub fn for_status(status: u16) -> &'static Page {
     }
 }
 
-/// Sends `page` unless a response has already started; the connection is then closed, since
-/// the request body may not have been read.
-pub async fn send(session: &mut Session, page: &Page) -> Result<()> {
-    send_with_retry_after(session, page, None).await
+/// Statuses whose page an operator may replace with `NNN.html` in `error_pages`.
+const OVERRIDABLE: [u16; 9] = [400, 404, 408, 413, 429, 500, 502, 503, 504];
+
+/// The pages a role answers with: the built-in ones, or the operator's `NNN.html` files.
+#[derive(Default)]
+pub struct ErrorPages {
+    custom: HashMap<u16, Bytes>,
 }
 
-/// `send`, with a `Retry-After` header (whole seconds, at least 1) when `retry_after` is set.
-pub async fn send_with_retry_after(
-    session: &mut Session,
-    page: &Page,
-    retry_after: Option<Duration>,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(page.status, Some(5))?;
-    if let Some(after) = retry_after {
-        resp.insert_header(
-            http::header::RETRY_AFTER,
-            after.as_secs_f64().ceil().max(1.0) as u64,
-        )?;
+impl ErrorPages {
+    /// Reads `dir/NNN.html` for the statuses that have pages; any other `.html` file there is
+    /// a mistake worth reporting (`4O4.html`, `502.htm` are not).
+    pub fn load(dir: &Path) -> std::result::Result<ErrorPages, String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {dir:?}: {e}"))?;
+        let mut custom = HashMap::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|e| format!("cannot read {dir:?}: {e}"))?
+                .path();
+            if path.extension().is_none_or(|ext| ext != "html") {
+                continue;
+            }
+            let status = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .and_then(|stem| stem.parse::<u16>().ok())
+                .filter(|status| OVERRIDABLE.contains(status))
+                .ok_or_else(|| {
+                    format!("{path:?}: pages are named after their status, one of {OVERRIDABLE:?}")
+                })?;
+            let body = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+            custom.insert(status, Bytes::from(body));
+        }
+        Ok(ErrorPages { custom })
     }
-    resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, page.body.len())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    session
-        .as_downstream_mut()
-        .write_error_response(resp, Bytes::from_static(page.body.as_bytes()))
-        .await
+
+    fn body(&self, page: &Page) -> Bytes {
+        self.custom
+            .get(&page.status)
+            .cloned()
+            .unwrap_or_else(|| Bytes::from_static(page.body.as_bytes()))
+    }
+
+    /// Sends `page` unless a response has already started; the connection is then closed,
+    /// since the request body may not have been read.
+    pub async fn send(&self, session: &mut Session, page: &Page) -> Result<()> {
+        self.send_with_retry_after(session, page, None).await
+    }
+
+    /// `send`, with a `Retry-After` header (whole seconds, at least 1) when `retry_after` is set.
+    pub async fn send_with_retry_after(
+        &self,
+        session: &mut Session,
+        page: &Page,
+        retry_after: Option<Duration>,
+    ) -> Result<()> {
+        let body = self.body(page);
+        let mut resp = ResponseHeader::build(page.status, Some(5))?;
+        if let Some(after) = retry_after {
+            resp.insert_header(
+                http::header::RETRY_AFTER,
+                after.as_secs_f64().ceil().max(1.0) as u64,
+            )?;
+        }
+        resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        session
+            .as_downstream_mut()
+            .write_error_response(resp, body)
+            .await
+    }
+
+    /// Answers a request that could not be proxied: with `decided` if the role chose a page
+    /// for this status, otherwise with the page for the error's status (`bad_gateway` for
+    /// 502, naming which side failed).
+    pub async fn answer_proxy_failure(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        decided: Option<Failure>,
+        bad_gateway: &'static Page,
+    ) -> FailToProxy {
+        let status = status_of_error(e);
+        let (page, retry_after) = match decided {
+            Some(failure) if failure.page.status == status => (failure.page, failure.retry_after),
+            _ if status == 502 => (bad_gateway, None),
+            _ => (for_status(status), None),
+        };
+        if status != 0 {
+            if let Err(e) = self.send_with_retry_after(session, page, retry_after).await {
+                log::debug!("could not send the {status} page: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// What a role decided to answer for a request it could not proxy.
+#[derive(Clone, Copy)]
+pub struct Failure {
+    pub page: &'static Page,
+    pub retry_after: Option<Duration>,
 }
 
 /// The status Pingora's default `fail_to_proxy` would give `e`; 0 when the client is gone.
@@ -169,38 +251,5 @@ pub fn status_of_error(e: &Error) -> u16 {
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
-    }
-}
-
-/// What a role decided to answer for a request it could not proxy.
-#[derive(Clone, Copy)]
-pub struct Failure {
-    pub page: &'static Page,
-    pub retry_after: Option<Duration>,
-}
-
-/// Answers a request that could not be proxied: with `decided` if the role chose a page for
-/// this status, otherwise with the page for the error's status (`bad_gateway` for 502,
-/// naming which side failed).
-pub async fn answer_proxy_failure(
-    session: &mut Session,
-    e: &Error,
-    decided: Option<Failure>,
-    bad_gateway: &'static Page,
-) -> FailToProxy {
-    let status = status_of_error(e);
-    let (page, retry_after) = match decided {
-        Some(failure) if failure.page.status == status => (failure.page, failure.retry_after),
-        _ if status == 502 => (bad_gateway, None),
-        _ => (for_status(status), None),
-    };
-    if status != 0 {
-        if let Err(e) = send_with_retry_after(session, page, retry_after).await {
-            log::debug!("could not send the {status} page: {e}");
-        }
-    }
-    FailToProxy {
-        error_code: status,
-        can_reuse_downstream: false,
     }
 }

@@ -9,16 +9,22 @@ use std::path::Path;
 
 /// The system directories the examples name, recreated under `root` so the examples can be
 /// checked as written on a machine that has none of them.
-const SYSTEM_DIRS: [&str; 4] = [
+const SYSTEM_DIRS: [&str; 5] = [
     "/etc/herald/sites",
     "/etc/uwsgi/vassals",
     "/run/herald/sockets",
     "/run/herald",
+    "/var/log/herald",
 ];
 
 fn relocate(text: &str, root: &Path) -> String {
     let mut text = text.to_owned();
-    for prefix in ["/etc/herald", "/etc/uwsgi", "/run/herald"] {
+    for prefix in [
+        "/etc/herald",
+        "/etc/uwsgi",
+        "/run/herald",
+        "/var/log/herald",
+    ] {
         text = text.replace(prefix, &format!("{}{prefix}", root.display()));
     }
     text
@@ -100,6 +106,10 @@ fn broken_configs_are_rejected_naming_file_and_field() {
             vec!["edge.backends_file: ", "bad-backends: line 3: invalid address \"10.0.0.x:80\""]),
         ("bad-health-check", "edge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80]\n  health_check:\n    kind: tcp\n    interval: 0\n    failures: 0\n    path: /health\n".into(),
             vec!["edge.health_check.interval: interval and timeout must be more than 0", "edge.health_check.failures: must be at least 1", "edge.health_check.path: only used with `kind: http`"]),
+        ("bad-error-pages", format!("{}  error_pages: {dir}/pages\n  access_log:\n    path: relative.log\n    format: xml\n", backend("")),
+            vec!["backend.access_log.format: unknown variant `xml`"]),
+        ("bad-error-page-name", format!("{}  error_pages: {dir}/pages\n  access_log:\n    path: /no/such/dir/access.log\n", backend("")),
+            vec!["backend.error_pages: \"", "4O4.html\": pages are named after their status", "backend.access_log.path: the directory of \"/no/such/dir/access.log\" does not exist"]),
         ("bad-health-host", format!("{}  health_host: Not_A_Host\n", backend("")), vec!["backend.health_host: \"Not_A_Host\" must be a lowercase host name"]),
     ];
     fs::write(
@@ -107,6 +117,8 @@ fn broken_configs_are_rejected_naming_file_and_field() {
         "# pool\n10.0.0.1:80\n10.0.0.x:80\n",
     )
     .unwrap();
+    fs::create_dir_all(root.path().join("pages")).unwrap();
+    fs::write(root.path().join("pages").join("4O4.html"), "typo").unwrap();
     for (name, yaml, expected) in cases {
         let path = root.path().join(format!("{name}.yaml"));
         fs::write(&path, &yaml).unwrap();

@@ -9,18 +9,20 @@ pub mod sites;
 pub mod socket_watch;
 pub mod starter;
 
+use crate::access_log::AccessLog;
 use crate::cidr::Cidr;
 use crate::config::{BackendConfig, UpstreamTimeouts};
 use crate::forwarding;
-use crate::frontdoor::{ClientSlot, FrontDoor};
+use crate::frontdoor::FrontDoor;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
+use crate::request::{RequestState, X_REQUEST_ID};
 use activity::{Activity, SiteActivity};
 use async_trait::async_trait;
 use bytes::Bytes;
 use initializer::Initializer;
 use log::{info, warn};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::server::Server;
@@ -38,6 +40,7 @@ pub struct BackendProxy {
     trusted_proxies: Vec<Cidr>,
     upstream: UpstreamTimeouts,
     metrics: RoleMetrics,
+    access_log: AccessLog,
     activity: Arc<Activity>,
     starter: Arc<Starter>,
     /// `server.max_retries`: Pingora's limit on upstream attempts per request.
@@ -53,11 +56,7 @@ fn busy_pause(attempts: usize) -> Duration {
 }
 
 pub struct BackendCtx {
-    started: Instant,
-    site: String,
-    body_received: u64,
-    /// Held until the request ends (max_connections_per_client).
-    _client_slot: Option<ClientSlot>,
+    request: RequestState,
     activity: Option<Arc<SiteActivity>>,
     /// The last connect found nothing listening: start the app before the next attempt.
     needs_start: bool,
@@ -125,10 +124,7 @@ impl ProxyHttp for BackendProxy {
 
     fn new_ctx(&self) -> BackendCtx {
         BackendCtx {
-            started: Instant::now(),
-            site: String::new(),
-            body_received: 0,
-            _client_slot: None,
+            request: RequestState::new(),
             activity: None,
             needs_start: false,
             start_attempted: false,
@@ -143,14 +139,19 @@ impl ProxyHttp for BackendProxy {
         let Some(admitted) = self.front_door.admit(session).await? else {
             return Ok(true);
         };
-        ctx._client_slot = admitted.client_slot;
+        ctx.request.client_slot = admitted.client_slot;
+        // The edge's id, so its log line and this one can be matched.
+        ctx.request.identify(session, self.is_trusted(session));
         let site = admitted.site;
         if !self.sites.is_known(&site) {
-            pages::send(session, &pages::UNKNOWN_SITE).await?;
+            self.front_door
+                .pages()
+                .send(session, &pages::UNKNOWN_SITE)
+                .await?;
             return Ok(true);
         }
         ctx.activity = Some(self.activity.begin_request(&site));
-        ctx.site = site;
+        ctx.request.site = site;
         Ok(false)
     }
 
@@ -162,7 +163,7 @@ impl ProxyHttp for BackendProxy {
         ctx: &mut BackendCtx,
     ) -> Result<()> {
         self.front_door
-            .check_body(&mut ctx.body_received, body.as_ref())
+            .check_body(&mut ctx.request.body_received, body.as_ref())
     }
 
     async fn upstream_peer(
@@ -180,7 +181,11 @@ impl ProxyHttp for BackendProxy {
         if !ctx.start_attempted && (ctx.needs_start || activity.is_stopping()) {
             ctx.needs_start = false;
             ctx.start_attempted = true;
-            if let Err(failure) = self.starter.ensure_running(&ctx.site, activity).await {
+            if let Err(failure) = self
+                .starter
+                .ensure_running(&ctx.request.site, activity)
+                .await
+            {
                 let status = failure.error.status();
                 ctx.failure = Some(pages::Failure {
                     page: failure.error.page(),
@@ -189,13 +194,17 @@ impl ProxyHttp for BackendProxy {
                 return Error::e_explain(HTTPStatus(status), "app start failed");
             }
         }
-        let path = self.sites.socket_path(&ctx.site);
+        let path = self.sites.socket_path(&ctx.request.site);
         let mut peer = HttpPeer::new_uds(&path, false, String::new()).map_err(|e| {
             // Only a site name near the 253-byte limit can make the path too long for sun_path.
-            warn!("site {}: unusable socket path {path:?}: {e}", ctx.site);
+            warn!(
+                "site {}: unusable socket path {path:?}: {e}",
+                ctx.request.site
+            );
             Error::explain(HTTPStatus(502), "socket path too long")
         })?;
         self.upstream.apply_to(&mut peer.options);
+        ctx.request.upstream_chosen();
         Ok(Box::new(peer))
     }
 
@@ -203,9 +212,10 @@ impl ProxyHttp for BackendProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut BackendCtx,
+        ctx: &mut BackendCtx,
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
+        upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
         if self.upstream.keepalive.is_zero() {
             // Tells Pingora not to pool the connection: the app closes it after answering.
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
@@ -234,7 +244,7 @@ impl ProxyHttp for BackendProxy {
             && session.response_written().is_none()
             && matches!(e.etype(), ReadError | ConnectionClosed);
         if app_died_starting {
-            self.starter.report_died_after_start(&ctx.site);
+            self.starter.report_died_after_start(&ctx.request.site);
             ctx.failure = Some(pages::Failure {
                 page: &pages::APP_BROKEN,
                 retry_after: None,
@@ -308,7 +318,20 @@ impl ProxyHttp for BackendProxy {
         e: &Error,
         ctx: &mut BackendCtx,
     ) -> FailToProxy {
-        pages::answer_proxy_failure(session, e, ctx.failure, &pages::APP_UNAVAILABLE).await
+        self.front_door
+            .pages()
+            .answer_proxy_failure(session, e, ctx.failure, &pages::APP_UNAVAILABLE)
+            .await
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut BackendCtx,
+    ) -> Result<()> {
+        ctx.request.upstream_answered();
+        Ok(())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut BackendCtx) {
@@ -316,7 +339,15 @@ impl ProxyHttp for BackendProxy {
             self.activity.end_request(&activity);
         }
         let status = session.response_written().map(|r| r.status.as_u16());
-        self.metrics.observe(status, ctx.started.elapsed());
+        self.metrics.observe(status, ctx.request.started.elapsed());
+        let socket =
+            (!ctx.request.site.is_empty()).then(|| self.sites.socket_path(&ctx.request.site));
+        ctx.request.log(
+            &self.access_log,
+            session,
+            socket.as_deref(),
+            ctx.start_attempted,
+        );
     }
 }
 
@@ -355,6 +386,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         trusted_proxies: config.trusted_proxies.clone(),
         upstream: config.upstream,
         metrics: RoleMetrics::new("backend"),
+        access_log: AccessLog::for_role("backend", &config.frontend),
         activity: activity.clone(),
         starter,
         max_attempts: server.configuration.max_retries,

@@ -33,7 +33,23 @@ pub struct EdgeSection {
     pub health_host: Option<String>,
     pub allow_ip_hosts: Option<bool>,
     pub limits: Option<LimitsSection>,
+    pub access_log: Option<AccessLogSection>,
+    pub error_pages: Option<String>,
     pub upstream_keepalive_timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    pub path: String,
+    pub format: Option<LogFormatName>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatName {
+    Combined,
+    Json,
 }
 
 /// nginx's names for nginx's limits.
@@ -88,6 +104,8 @@ pub struct BackendSection {
     pub health_host: Option<String>,
     pub allow_ip_hosts: Option<bool>,
     pub limits: Option<LimitsSection>,
+    pub access_log: Option<AccessLogSection>,
+    pub error_pages: Option<String>,
     pub upstream_keepalive_timeout: Option<Scalar>,
     pub initializer: Option<InitializerSection>,
     pub start_timeout: Option<Scalar>,

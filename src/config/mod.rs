@@ -42,6 +42,10 @@ pub struct Frontend {
     pub client_body_timeout: Duration,
     /// Requests from one client IP in progress at once (nginx's `limit_conn`); `None`: no limit.
     pub max_connections_per_client: Option<usize>,
+    pub access_log: crate::access_log::Destination,
+    pub access_log_format: crate::access_log::Format,
+    /// `NNN.html` files that replace the built-in pages.
+    pub error_pages: Option<PathBuf>,
 }
 
 /// How a role talks to its upstreams.

@@ -3,8 +3,8 @@
 
 use super::backends::{parse_backend_list, parse_backends_file};
 use super::file::{
-    BackendSection, EdgeSection, FileConfig, HashName, HealthCheckName, HealthCheckSection,
-    InitializerKind, InitializerSection, LimitsSection, Scalar,
+    AccessLogSection, BackendSection, EdgeSection, FileConfig, HashName, HealthCheckName,
+    HealthCheckSection, InitializerKind, InitializerSection, LimitsSection, LogFormatName, Scalar,
 };
 use super::units::{parse_duration, parse_size};
 use super::*;
@@ -196,6 +196,12 @@ impl Checker {
             raw.allow_ip_hosts,
             raw.limits.as_ref(),
         );
+        let frontend = self.logs_and_pages(
+            frontend,
+            "edge",
+            raw.access_log.as_ref(),
+            raw.error_pages.as_deref(),
+        );
         let hash = match raw.hash.unwrap_or(HashName::Ketama) {
             HashName::Ketama => HashMode::Ketama,
             HashName::Modulo => HashMode::Modulo,
@@ -326,6 +332,12 @@ impl Checker {
             raw.health_host.as_ref(),
             raw.allow_ip_hosts,
             raw.limits.as_ref(),
+        );
+        let frontend = self.logs_and_pages(
+            frontend,
+            "backend",
+            raw.access_log.as_ref(),
+            raw.error_pages.as_deref(),
         );
         let sites_dir = self.existing_dir("backend.sites_dir", &raw.sites_dir);
         let vassals_dir = self.existing_dir("backend.vassals_dir", &raw.vassals_dir);
@@ -525,6 +537,49 @@ impl Checker {
                 DEFAULT_CLIENT_BODY_TIMEOUT,
             ),
             max_connections_per_client: limits.max_connections_per_client.filter(|n| *n > 0),
+            access_log: crate::access_log::Destination::Off,
+            access_log_format: crate::access_log::Format::Combined,
+            error_pages: None,
+        }
+    }
+
+    fn logs_and_pages(
+        &mut self,
+        frontend: Frontend,
+        role: &str,
+        access_log: Option<&AccessLogSection>,
+        error_pages: Option<&str>,
+    ) -> Frontend {
+        use crate::access_log::{Destination, Format};
+        let destination = match access_log.map(|a| a.path.as_str()) {
+            None | Some("off") => Destination::Off,
+            Some("-") => Destination::Stdout,
+            Some(path) => {
+                self.absolute_file_in_existing_dir(&format!("{role}.access_log.path"), path);
+                Destination::File(PathBuf::from(path))
+            }
+        };
+        let format = match access_log.and_then(|a| a.format) {
+            None | Some(LogFormatName::Combined) => Format::Combined,
+            Some(LogFormatName::Json) => Format::Json,
+        };
+        let error_pages = error_pages.map(|dir| {
+            let field = format!("{role}.error_pages");
+            let path = PathBuf::from(dir);
+            let problems = self.problems.len();
+            self.existing_dir(&field, dir);
+            if self.problems.len() == problems {
+                if let Err(problem) = crate::pages::ErrorPages::load(&path) {
+                    self.bad(field, problem);
+                }
+            }
+            path
+        });
+        Frontend {
+            access_log: destination,
+            access_log_format: format,
+            error_pages,
+            ..frontend
         }
     }
 

@@ -6,17 +6,19 @@ pub mod backends;
 pub mod health;
 pub mod placement;
 
+use crate::access_log::AccessLog;
 use crate::config::{EdgeConfig, UpstreamTimeouts};
 use crate::forwarding;
-use crate::frontdoor::{ClientSlot, FrontDoor};
+use crate::frontdoor::FrontDoor;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
+use crate::request::{RequestState, X_REQUEST_ID};
 use async_trait::async_trait;
 use backends::BackendList;
 use bytes::Bytes;
 use health::ObservedHealthCheck;
 use log::info;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::server::Server;
@@ -24,7 +26,6 @@ use pingora::services::background::GenBackgroundService;
 use placement::Placement;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// A request goes to at most this many backends: its own, then the next one if the
 /// connection to its own fails.
@@ -36,14 +37,11 @@ pub struct EdgeProxy {
     upstream: UpstreamTimeouts,
     retry_idempotent: bool,
     metrics: RoleMetrics,
+    access_log: AccessLog,
 }
 
 pub struct EdgeCtx {
-    started: Instant,
-    site: String,
-    body_received: u64,
-    /// Held until the request ends (max_connections_per_client).
-    _client_slot: Option<ClientSlot>,
+    request: RequestState,
     /// Backends this request was sent to, in order.
     tried: Vec<SocketAddr>,
 }
@@ -60,10 +58,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> EdgeCtx {
         EdgeCtx {
-            started: Instant::now(),
-            site: String::new(),
-            body_received: 0,
-            _client_slot: None,
+            request: RequestState::new(),
             tried: Vec::new(),
         }
     }
@@ -71,8 +66,10 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
         match self.front_door.admit(session).await? {
             Some(admitted) => {
-                ctx.site = admitted.site;
-                ctx._client_slot = admitted.client_slot;
+                // The outermost hop: an id the client made up is not kept.
+                ctx.request.identify(session, false);
+                ctx.request.site = admitted.site;
+                ctx.request.client_slot = admitted.client_slot;
                 Ok(false)
             }
             None => Ok(true),
@@ -87,7 +84,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         self.front_door
-            .check_body(&mut ctx.body_received, body.as_ref())
+            .check_body(&mut ctx.request.body_received, body.as_ref())
     }
 
     async fn upstream_peer(
@@ -97,11 +94,12 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let addr = self
             .placement
-            .pick(&ctx.site, &ctx.tried)
+            .pick(&ctx.request.site, &ctx.tried)
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend server available"))?;
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         self.upstream.apply_to(&mut peer.options);
+        ctx.request.upstream_chosen();
         Ok(Box::new(peer))
     }
 
@@ -109,9 +107,10 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut EdgeCtx,
+        ctx: &mut EdgeCtx,
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
+        upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
         // The edge is the outermost hop: nothing the client says about itself is kept.
         forwarding::replace_forwarding_headers(
             upstream_request,
@@ -137,7 +136,7 @@ impl ProxyHttp for EdgeProxy {
         metrics::upstream_connect_failed("edge", reason);
         // With no other backend to try, the client gets this error itself (a 504 for a
         // timeout, say) rather than "no backend available".
-        if ctx.may_try_another() && self.placement.pick(&ctx.site, &ctx.tried).is_some() {
+        if ctx.may_try_another() && self.placement.pick(&ctx.request.site, &ctx.tried).is_some() {
             e.set_retry(true);
         }
         e
@@ -186,15 +185,31 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         _ctx: &mut EdgeCtx,
     ) -> FailToProxy {
-        pages::answer_proxy_failure(session, e, None, &pages::BACKEND_UNAVAILABLE).await
+        self.front_door
+            .pages()
+            .answer_proxy_failure(session, e, None, &pages::BACKEND_UNAVAILABLE)
+            .await
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut EdgeCtx,
+    ) -> Result<()> {
+        ctx.request.upstream_answered();
+        Ok(())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut EdgeCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
-        self.metrics.observe(status, ctx.started.elapsed());
+        self.metrics.observe(status, ctx.request.started.elapsed());
+        let backend = ctx.tried.last().map(|addr| addr.to_string());
         for backend in &ctx.tried {
             metrics::backend_request(&backend.to_string());
         }
+        ctx.request
+            .log(&self.access_log, session, backend.as_deref(), false);
     }
 }
 
@@ -228,6 +243,7 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         upstream: config.upstream,
         retry_idempotent: config.retry_idempotent,
         metrics: RoleMetrics::new("edge"),
+        access_log: AccessLog::for_role("edge", &config.frontend),
     };
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "herald edge");

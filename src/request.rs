@@ -1,0 +1,90 @@
+//! What both roles track for every request, from its arrival to its access log line.
+
+use crate::access_log::{self, AccessLog, Facts};
+use crate::forwarding;
+use crate::frontdoor::ClientSlot;
+use pingora::proxy::Session;
+use std::time::{Duration, Instant};
+
+pub struct RequestState {
+    pub started: Instant,
+    /// Empty until the front door has admitted the request.
+    pub site: String,
+    pub body_received: u64,
+    /// Held until the request ends (max_connections_per_client).
+    pub client_slot: Option<ClientSlot>,
+    /// Sent upstream as `X-Request-Id` and logged.
+    pub request_id: String,
+    upstream_began: Option<Instant>,
+    upstream_time: Option<Duration>,
+}
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+impl RequestState {
+    pub fn new() -> Self {
+        RequestState {
+            started: Instant::now(),
+            site: String::new(),
+            body_received: 0,
+            client_slot: None,
+            request_id: String::new(),
+            upstream_began: None,
+            upstream_time: None,
+        }
+    }
+
+    /// Takes the id a trusted hop gave the request, or makes a new one.
+    pub fn identify(&mut self, session: &Session, trust_given_id: bool) {
+        let given = session
+            .req_header()
+            .headers
+            .get(X_REQUEST_ID)
+            .map(|v| v.as_bytes())
+            .filter(|id| trust_given_id && access_log::is_valid_request_id(id));
+        self.request_id = match given {
+            Some(id) => String::from_utf8_lossy(id).into_owned(),
+            None => access_log::new_request_id(),
+        };
+    }
+
+    /// An upstream was chosen and is about to be connected to.
+    pub fn upstream_chosen(&mut self) {
+        self.upstream_began = Some(Instant::now());
+    }
+
+    /// The upstream's response header arrived.
+    pub fn upstream_answered(&mut self) {
+        self.upstream_time = self.upstream_began.map(|began| began.elapsed());
+    }
+
+    /// The request's access log line.
+    pub fn log(
+        &mut self,
+        log: &AccessLog,
+        session: &Session,
+        upstream: Option<&str>,
+        waited_on_start: bool,
+    ) {
+        if self.request_id.is_empty() {
+            // Answered before it was identified (a bad Host, say): still worth a line.
+            self.request_id = access_log::new_request_id();
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let facts = Facts {
+            client: forwarding::client_ip(session),
+            site: if self.site.is_empty() {
+                "-"
+            } else {
+                &self.site
+            },
+            request_id: &self.request_id,
+            status,
+            elapsed: self.started.elapsed(),
+            upstream,
+            upstream_time: self.upstream_time,
+            waited_on_start,
+        };
+        log.record(session.req_header(), session.body_bytes_sent(), &facts);
+    }
+}
