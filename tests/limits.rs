@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A uWSGI emperor with one running site, and a herald node (edge + backend in one process)
@@ -160,7 +159,6 @@ fn proxy_read_timeout_answers_504_for_a_slow_app() {
 
 /// A TCP server that never reads nor answers, its listen queue full, so connects hang.
 fn black_hole(dir: &std::path::Path) -> (u16, Process) {
-    let port_file = dir.join("hole.port");
     let script = "import socket, sys, time\n\
         s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)\n\
         port = s.getsockname()[1]\n\
@@ -174,49 +172,18 @@ fn black_hole(dir: &std::path::Path) -> (u16, Process) {
         open(sys.argv[1] + '.tmp', 'w').write(str(port))\n\
         import os; os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n\
         time.sleep(300)\n";
-    let mut process = Process::spawn(
-        "black hole",
-        Command::new("python3").args(["-c", script, port_file.to_str().unwrap()]),
-        &dir.join("hole.log"),
-    );
-    wait_until("the black hole", STARTUP_DEADLINE, || {
-        process.assert_running();
-        port_file.exists()
-    });
-    (
-        std::fs::read_to_string(&port_file)
-            .unwrap()
-            .parse()
-            .unwrap(),
-        process,
-    )
+    python_service(dir, "black hole", script)
 }
 
 /// A TCP server that accepts and holds connections but never reads from them.
 fn deaf_server(dir: &std::path::Path) -> (u16, Process) {
-    let port_file = dir.join("deaf.port");
     let script = "import socket, sys, os, time\n\
         s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n\
         open(sys.argv[1] + '.tmp', 'w').write(str(s.getsockname()[1])); os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n\
         held = []\n\
         while True:\n\
         \x20   c, _ = s.accept(); c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096); held.append(c)\n";
-    let mut process = Process::spawn(
-        "deaf server",
-        Command::new("python3").args(["-c", script, port_file.to_str().unwrap()]),
-        &dir.join("deaf.log"),
-    );
-    wait_until("the deaf server", STARTUP_DEADLINE, || {
-        process.assert_running();
-        port_file.exists()
-    });
-    (
-        std::fs::read_to_string(&port_file)
-            .unwrap()
-            .parse()
-            .unwrap(),
-        process,
-    )
+    python_service(dir, "deaf server", script)
 }
 
 fn edge_only(dir: &std::path::Path, backend: u16, limits: &str) -> (u16, Herald) {

@@ -124,6 +124,27 @@ impl Drop for Process {
     }
 }
 
+/// A small Python server for a test: `script` gets a file path as `sys.argv[1]` and writes
+/// the port it listens on there (atomically) once it is ready.
+pub fn python_service(dir: &Path, name: &str, script: &str) -> (u16, Process) {
+    let port_file = dir.join(format!("{name}.port"));
+    let mut process = Process::spawn(
+        name,
+        Command::new("python3").args(["-c", script, port_file.to_str().unwrap()]),
+        &dir.join(format!("{name}.log")),
+    );
+    wait_until(name, STARTUP_DEADLINE, || {
+        process.assert_running();
+        port_file.exists()
+    });
+    let port = fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (port, process)
+}
+
 /// A uWSGI emperor watching `vassals`, with the demo app as every site.
 pub struct Emperor {
     pub sites_dir: PathBuf,
