@@ -246,3 +246,11 @@ pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static APPS_RUNNING: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_apps_running",
+        "Vassals with a running process, as the emperor's stats server last reported (needs backend.emperor_stats)"
+    )
+    .expect("metric registers once")
+});

@@ -9,11 +9,12 @@ use std::path::Path;
 
 /// The system directories the examples name, recreated under `root` so the examples can be
 /// checked as written on a machine that has none of them.
-const SYSTEM_DIRS: [&str; 5] = [
+const SYSTEM_DIRS: [&str; 6] = [
     "/etc/herald/sites",
     "/etc/uwsgi/vassals",
     "/run/herald/sockets",
     "/run/herald",
+    "/run/herald/emperor",
     "/var/log/herald",
 ];
 

@@ -3,6 +3,7 @@
 //! and the request retried once; apps that go idle are stopped again (`reaper`).
 
 pub mod activity;
+pub mod emperor;
 pub mod initializer;
 pub mod reaper;
 pub mod sites;
@@ -374,11 +375,13 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
     let watcher = Arc::new(SocketWatcher::new(
         config.socket_path.directory().to_owned(),
     ));
+    let emperor = Arc::new(emperor::Emperor::new(config.emperor_stats.clone()));
     let starter = Arc::new(Starter::new(
         &config.starts,
         initializer.clone(),
         config.socket_path.clone(),
         watcher.clone(),
+        emperor.clone(),
     ));
     let proxy = BackendProxy {
         front_door: FrontDoor::new(&config.frontend),
@@ -414,6 +417,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
                 vassals_dir: config.vassals_dir.clone(),
                 idle_timeout,
                 stop_timeout: config.starts.start_timeout,
+                emperor,
             };
             server.add_service(GenBackgroundService::new("herald idle reaper".into(), Arc::new(reaper)));
         }

@@ -2,6 +2,7 @@
 //! site is looked at on each sweep, including apps that were running before Herald started.
 
 use super::activity::Activity;
+use super::emperor::Emperor;
 use super::initializer::Initializer;
 use super::sites::Sites;
 use crate::{host, metrics};
@@ -22,6 +23,7 @@ pub struct Reaper {
     pub idle_timeout: Duration,
     /// How long to wait for a stopped app's socket to go away before forgetting it stops.
     pub stop_timeout: Duration,
+    pub emperor: Arc<Emperor>,
 }
 
 impl Reaper {
@@ -31,6 +33,8 @@ impl Reaper {
     }
 
     async fn sweep(&self) {
+        // Keeps herald_apps_running current (when the stats server is configured).
+        self.emperor.wake().await;
         let mut entries = match tokio::fs::read_dir(&self.vassals_dir).await {
             Ok(entries) => entries,
             Err(e) => {
@@ -60,6 +64,8 @@ impl Reaper {
             }
             match self.initializer.disable(site).await {
                 Ok(()) => {
+                    // The app stops now, not at the emperor's next scan.
+                    self.emperor.wake().await;
                     info!(
                         "stop {site}: idle for {} s",
                         self.activity.idle_for(&record).as_secs()

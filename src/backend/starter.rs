@@ -4,6 +4,7 @@
 //! over and over.
 
 use super::activity::SiteActivity;
+use super::emperor::Emperor;
 use super::initializer::{InitError, Initializer};
 use super::socket_watch::{SocketChange, SocketWatcher};
 use crate::config::{AppStarts, SocketTemplate};
@@ -82,6 +83,7 @@ pub struct Starter {
     initializer: Arc<Initializer>,
     socket_path: SocketTemplate,
     watcher: Arc<SocketWatcher>,
+    emperor: Arc<Emperor>,
     start_timeout: Duration,
     retry_after: Duration,
     start_queue: usize,
@@ -97,11 +99,13 @@ impl Starter {
         initializer: Arc<Initializer>,
         socket_path: SocketTemplate,
         watcher: Arc<SocketWatcher>,
+        emperor: Arc<Emperor>,
     ) -> Self {
         Starter {
             initializer,
             socket_path,
             watcher,
+            emperor,
             start_timeout: config.start_timeout,
             retry_after: config.retry_after,
             start_queue: config.start_queue,
@@ -288,7 +292,13 @@ impl Starter {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 match self.initializer.enable(site).await {
-                    Ok(()) => deadline,
+                    Ok(()) => {
+                        // Scan now, not at the emperor's next period; the wait below starts
+                        // at once, alongside.
+                        let emperor = self.emperor.clone();
+                        tokio::spawn(async move { emperor.wake().await });
+                        deadline
+                    }
                     Err(InitError::Misconfigured(why)) => {
                         return Err((StartError::Misconfigured, why))
                     }
@@ -297,15 +307,19 @@ impl Starter {
             }
             Err(e) => return Err((StartError::Failed, format!("cannot read {vassal:?}: {e}"))),
         };
-        wait_until_answering(&socket, deadline, changes)
-            .await
-            .map_err(|error| {
-                let why = match error {
-                    StartError::TimedOut => format!("the app did not answer on {socket} in time"),
-                    _ => "the app exited while starting; see its uWSGI log".to_owned(),
-                };
-                (error, why)
-            })
+        let up = wait_until_answering(&socket, deadline, changes).await;
+        if up.is_ok() {
+            // The emperor now counts the new app (herald_apps_running).
+            let emperor = self.emperor.clone();
+            tokio::spawn(async move { emperor.wake().await });
+        }
+        up.map_err(|error| {
+            let why = match error {
+                StartError::TimedOut => format!("the app did not answer on {socket} in time"),
+                _ => "the app exited while starting; see its uWSGI log".to_owned(),
+            };
+            (error, why)
+        })
     }
 }
 

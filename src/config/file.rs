@@ -113,6 +113,7 @@ pub struct BackendSection {
     pub start_queue: Option<usize>,
     pub retry_after: Option<Scalar>,
     pub idle_timeout: Option<Scalar>,
+    pub emperor_stats: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

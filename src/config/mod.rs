@@ -124,6 +124,15 @@ pub struct BackendConfig {
     pub trusted_proxies: Vec<Cidr>,
     pub upstream: UpstreamTimeouts,
     pub starts: AppStarts,
+    /// The uWSGI emperor's stats server, connected to after a vassal changes so that the
+    /// emperor scans its directory at once instead of at its next period.
+    pub emperor_stats: Option<StatsAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatsAddress {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
 }
 
 /// How apps that are not running are started, and when idle ones are stopped.

@@ -364,6 +364,20 @@ impl Checker {
             DEFAULT_BACKEND_UPSTREAM_KEEPALIVE,
         );
         let starts = self.app_starts(&raw);
+        let emperor_stats = raw.emperor_stats.as_deref().and_then(|text| {
+            if text.starts_with('/') {
+                self.absolute_file_in_existing_dir("backend.emperor_stats", text);
+                Some(StatsAddress::Unix(PathBuf::from(text)))
+            } else if let Ok(addr) = text.parse() {
+                Some(StatsAddress::Tcp(addr))
+            } else {
+                self.bad(
+                    "backend.emperor_stats",
+                    format!("{text:?}: expected the path of a unix socket or ip:port, as given to uwsgi --emperor-stats"),
+                );
+                None
+            }
+        });
         BackendConfig {
             frontend,
             sites_dir,
@@ -372,6 +386,7 @@ impl Checker {
             trusted_proxies,
             upstream,
             starts,
+            emperor_stats,
         }
     }
 

@@ -157,6 +157,11 @@ impl Emperor {
     /// Starts an emperor; `running` sites are enabled (vassal in place) and waited for,
     /// `available` sites only exist in `sites_dir`.
     pub fn start(root: &Path, running: &[&str], available: &[&str]) -> Emperor {
+        Emperor::start_with(root, running, available, &["--emperor-freq", "1"])
+    }
+
+    /// `start`, with `args` for the emperor instead of a 1 s scan period.
+    pub fn start_with(root: &Path, running: &[&str], available: &[&str], args: &[&str]) -> Emperor {
         let sites_dir = root.join("sites");
         let vassals_dir = root.join("vassals");
         let sockets_dir = root.join("sockets");
@@ -175,7 +180,8 @@ impl Emperor {
             Command::new("uwsgi")
                 .arg("--emperor")
                 .arg(&vassals_dir)
-                .args(["--emperor-freq", "1", "--die-on-term"])
+                .args(args)
+                .arg("--die-on-term")
                 .current_dir(root),
             &root.join("emperor.log"),
         );
