@@ -84,6 +84,10 @@ impl AccessLog {
         })
     }
 
+    pub fn is_enabled(&self) -> bool {
+        self.lines.is_some()
+    }
+
     pub fn record(
         &self,
         req: &pingora::http::RequestHeader,

@@ -58,14 +58,21 @@ impl RequestState {
         self.upstream_time = self.upstream_began.map(|began| began.elapsed());
     }
 
-    /// The request's access log line.
+    /// The request's access log line; `upstream` names what served the site (given the site),
+    /// and is only asked when the log is on.
     pub fn log(
         &mut self,
         log: &AccessLog,
         session: &Session,
-        upstream: Option<&str>,
+        upstream: impl FnOnce(&str) -> Option<String>,
         waited_on_start: bool,
     ) {
+        if !log.is_enabled() {
+            return;
+        }
+        let upstream = (!self.site.is_empty())
+            .then(|| upstream(&self.site))
+            .flatten();
         if self.request_id.is_empty() {
             // Answered before it was identified (a bad Host, say): still worth a line.
             self.request_id = access_log::new_request_id();
@@ -81,7 +88,7 @@ impl RequestState {
             request_id: &self.request_id,
             status,
             elapsed: self.started.elapsed(),
-            upstream,
+            upstream: upstream.as_deref(),
             upstream_time: self.upstream_time,
             waited_on_start,
         };

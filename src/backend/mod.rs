@@ -341,14 +341,9 @@ impl ProxyHttp for BackendProxy {
         }
         let status = session.response_written().map(|r| r.status.as_u16());
         self.metrics.observe(status, ctx.request.started.elapsed());
-        let socket =
-            (!ctx.request.site.is_empty()).then(|| self.sites.socket_path(&ctx.request.site));
-        ctx.request.log(
-            &self.access_log,
-            session,
-            socket.as_deref(),
-            ctx.start_attempted,
-        );
+        let socket = |site: &str| Some(self.sites.socket_path(site));
+        ctx.request
+            .log(&self.access_log, session, socket, ctx.start_attempted);
     }
 }
 

@@ -204,12 +204,16 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut EdgeCtx) {
         let status = session.response_written().map(|r| r.status.as_u16());
         self.metrics.observe(status, ctx.request.started.elapsed());
-        let backend = ctx.tried.last().map(|addr| addr.to_string());
         for backend in &ctx.tried {
             metrics::backend_request(&backend.to_string());
         }
-        ctx.request
-            .log(&self.access_log, session, backend.as_deref(), false);
+        let last = ctx.tried.last();
+        ctx.request.log(
+            &self.access_log,
+            session,
+            |_| last.map(ToString::to_string),
+            false,
+        );
     }
 }
 
