@@ -27,6 +27,15 @@ static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+static REQUESTS_IN_PROGRESS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "herald_requests_in_progress",
+        "Requests received and not yet answered, by role",
+        &["role"]
+    )
+    .expect("metric registers once")
+});
+
 const CODE_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A role's request metrics with their label values resolved up front, so that counting a
@@ -34,6 +43,7 @@ const CODE_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct RoleMetrics {
     by_class: [IntCounter; 6],
     duration: Histogram,
+    in_progress: IntGauge,
 }
 
 impl RoleMetrics {
@@ -41,7 +51,14 @@ impl RoleMetrics {
         RoleMetrics {
             by_class: CODE_CLASSES.map(|class| REQUESTS.with_label_values(&[role, class])),
             duration: REQUEST_DURATION.with_label_values(&[role]),
+            in_progress: REQUESTS_IN_PROGRESS.with_label_values(&[role]),
         }
+    }
+
+    /// Counts a request in `herald_requests_in_progress` until the guard drops.
+    pub fn begin(&self) -> InProgress {
+        self.in_progress.inc();
+        InProgress(self.in_progress.clone())
     }
 
     pub fn observe(&self, status: Option<u16>, elapsed: Duration) {
@@ -101,6 +118,15 @@ pub static REQUESTS_WAITED_ON_START: Lazy<IntCounter> = Lazy::new(|| {
 pub fn record_start(result: &str, elapsed: Duration) {
     APP_STARTS.with_label_values(&[result]).inc();
     APP_START_DURATION.observe(elapsed.as_secs_f64());
+}
+
+/// One request in `herald_requests_in_progress`.
+pub struct InProgress(IntGauge);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Counts one start in `herald_app_starts_in_progress` for as long as it lives.

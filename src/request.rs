@@ -3,6 +3,7 @@
 use crate::access_log::{self, AccessLog, Facts};
 use crate::forwarding;
 use crate::frontdoor::ClientSlot;
+use crate::metrics::InProgress;
 use pingora::proxy::Session;
 use std::time::{Duration, Instant};
 
@@ -17,13 +18,15 @@ pub struct RequestState {
     pub request_id: String,
     upstream_began: Option<Instant>,
     upstream_time: Option<Duration>,
+    _in_progress: InProgress,
 }
 
 pub const X_REQUEST_ID: &str = "x-request-id";
 
 impl RequestState {
-    pub fn new() -> Self {
+    pub fn new(in_progress: InProgress) -> Self {
         RequestState {
+            _in_progress: in_progress,
             started: Instant::now(),
             site: String::new(),
             body_received: 0,

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Backend {
-    dir: tempfile::TempDir,
     emperor: Emperor,
     port: u16,
     metrics: u16,
     herald: Option<Herald>,
+    // Dropped last: the processes above stop (and print their logs on failure) first.
+    dir: tempfile::TempDir,
 }
 
 impl Backend {

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 /// A uWSGI emperor with one running site, and a herald node (edge + backend in one process)
 /// with `limits` under both roles.
 struct Node {
-    _dir: tempfile::TempDir,
     _emperor: Emperor,
     edge: u16,
     backend: u16,
+    metrics: u16,
     _herald: Herald,
+    // Dropped last: the processes above stop (and print their logs on failure) first.
+    _dir: tempfile::TempDir,
 }
 
 fn start_node(limits: &str) -> Node {
@@ -37,6 +39,7 @@ fn start_node_with(edge_limits: &str, backend_limits: &str) -> Node {
         _emperor: emperor,
         edge,
         backend,
+        metrics,
         _herald: herald,
     }
 }
@@ -259,15 +262,19 @@ fn max_connections_per_client_answers_429_past_the_limit() {
     let slow: Vec<_> = (0..2)
         .map(|_| {
             let port = node.edge;
-            std::thread::spawn(move || get(port, "limits.example", "/sleep?s=2").status)
+            std::thread::spawn(move || get(port, "limits.example", "/sleep?s=4").status)
         })
         .collect();
-    // A site with no app is answered at once (404) while there is room, so polling with it
-    // does not queue behind the slow requests in the app's one worker.
     wait_until(
         "two slow requests in progress",
-        Duration::from_secs(10),
-        || get(node.edge, "nowhere.example", "/").status == 429,
+        Duration::from_secs(20),
+        || {
+            metric(
+                node.metrics,
+                "herald_requests_in_progress",
+                &[("role", "edge")],
+            ) >= 2.0
+        },
     );
     let resp = get(node.edge, "limits.example", "/hello");
     assert_eq!(resp.status, 429);

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 const SITES: [&str; 3] = ["alpha.example", "beta.example", "gamma.example"];
 
 struct Cluster {
-    _dir: tempfile::TempDir,
     emperor: Emperor,
     backends: Vec<(u16, u16, Herald)>, // (listen port, metrics port, process)
     edge_port: u16,
     _edge: Herald,
+    // Dropped last: the processes above stop (and print their logs on failure) first.
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {

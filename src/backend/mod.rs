@@ -125,7 +125,7 @@ impl ProxyHttp for BackendProxy {
 
     fn new_ctx(&self) -> BackendCtx {
         BackendCtx {
-            request: RequestState::new(),
+            request: RequestState::new(self.metrics.begin()),
             activity: None,
             needs_start: false,
             start_attempted: false,

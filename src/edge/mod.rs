@@ -58,7 +58,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> EdgeCtx {
         EdgeCtx {
-            request: RequestState::new(),
+            request: RequestState::new(self.metrics.begin()),
             tried: Vec::new(),
         }
     }
