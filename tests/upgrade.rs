@@ -93,7 +93,9 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadReport>
             match exchange(stream, "warm.example") {
                 Ok(Some(200)) => report.answered += 1,
                 Ok(Some(status)) => {
-                    report.errors.push(format!("status {status}"));
+                    report
+                        .errors
+                        .push(format!("status {status} at {:?}", began.elapsed()));
                     connection = None;
                 }
                 Ok(None) if !fresh => connection = None, // closed while idle: reconnect, resend

@@ -55,10 +55,22 @@ impl Placement {
         &self.balancer
     }
 
-    /// The backend for `site`, among those that are up and not in `exclude`.
+    /// The backend for `site`, among those that are up and not in `exclude`. When none is up,
+    /// health is ignored (as nginx does when all its servers have failed): a health check can
+    /// be wrong, and trying costs less than refusing every request.
     pub fn pick(&self, site: &str, exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        let usable =
-            |b: &Backend, up: bool| up && !b.addr.as_inet().is_some_and(|a| exclude.contains(a));
+        // Checked first (a few lookups), so that an outage does not also walk the whole ring.
+        let any_up = self.list.ordered().iter().any(|b| {
+            !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
+                && self.balancer.backends().ready(b)
+        });
+        self.pick_among(site, exclude, any_up)
+    }
+
+    fn pick_among(&self, site: &str, exclude: &[SocketAddr], only_up: bool) -> Option<SocketAddr> {
+        let usable = |b: &Backend, up: bool| {
+            (up || !only_up) && !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
+        };
         match self.mode {
             HashMode::Ketama => self
                 .balancer
@@ -213,6 +225,21 @@ mod tests {
             list[index(hash, 2).unwrap()].addr,
             "the second choice indexes the usable list"
         );
+    }
+
+    #[test]
+    fn with_every_backend_down_sites_still_go_to_their_own() {
+        for mode in [HashMode::Ketama, HashMode::Modulo] {
+            let list = backends(3);
+            let placement = offline(mode, &list);
+            let before: Vec<_> = sites().map(|s| placement.pick(&s, &[])).collect();
+            for b in &list {
+                let backend = Backend::new(&b.addr.to_string()).unwrap();
+                placement.balancer().backends().set_enable(&backend, false);
+            }
+            let after: Vec<_> = sites().map(|s| placement.pick(&s, &[])).collect();
+            assert_eq!(before, after, "{mode:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,509 @@
+#!/usr/bin/env python3
+"""Herald (edge + backend) against nginx + Lua (edge) and nginx (backend, 502 -> initializer),
+the setup of the PythonAnywhere talk, on one machine, sharing one uWSGI emperor and its apps.
+
+Both topologies run alternately in the same run, several rounds; the medians and the ratio
+Herald / nginx are printed and written to BENCHMARKS.md with a chart (bench/results.svg).
+Run it with bench/run, which installs what is missing and builds Herald first.
+"""
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERALD = os.path.join(REPO, "target", "release", "herald")
+APP = os.path.join(REPO, "demo", "app.py")
+WARM_SITES = 200
+COLD_SITES = 10
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+LUA_HASH = r"""
+local ffi = require "ffi"
+local bit = require "bit"
+-- The CPython 2 string hash on 64 bits, as the balancer of the talk computes it.
+function py2hash(s)
+    local n = #s
+    if n == 0 then return ffi.new("int64_t", 0) end
+    local x = ffi.new("int64_t", s:byte(1)) * 128
+    for i = 1, n do
+        x = bit.bxor(x * 1000003LL, ffi.new("int64_t", s:byte(i)))
+    end
+    x = bit.bxor(x, ffi.new("int64_t", n))
+    if x == -1LL then x = -2LL end
+    return x
+end
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A process in its own session, stopped with its whole group."""
+
+    def __init__(self, name, args, log, **kw):
+        self.name = name
+        self.log = log
+        self.p = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, **kw)
+
+    def stop(self):
+        for sig in (2, 9):
+            try:
+                os.killpg(self.p.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.p.wait(timeout=10)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def wait_for(what, check, timeout=60):
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            sys.exit("bench: timed out waiting for %s" % what)
+        time.sleep(0.01)
+
+
+def tcp_up(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def unix_up(path):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def tree_pids(pid):
+    """pid and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            with open("/proc/%d/task/%d/children" % (p, p)) as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def rss_mib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def get(port, host, path="/hello", timeout=60):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("GET", path, headers={"Host": host})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, body
+
+
+def wrk(port, duration, host=None, script=None, connections=32):
+    args = ["wrk", "-t2", "-c%d" % connections, "-d%ds" % duration, "--latency"]
+    if host:
+        args += ["-H", "Host: %s" % host]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run(args + ["http://127.0.0.1:%d/hello" % port], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    lat = {}
+    for pct in ("50", "99"):
+        m = re.search(r"\s%s(?:\.000)?%%\s+([\d.]+)(us|ms|s)\b" % pct, out)
+        value, unit = float(m.group(1)), m.group(2)
+        lat[pct] = value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return {"rps": rps, "requests": total, "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+            "p50_ms": lat["50"], "p99_ms": lat["99"]}
+
+
+class Bench:
+    def __init__(self, root, args):
+        self.root = root
+        self.args = args
+        self.procs = []
+        self.sites = os.path.join(root, "sites")
+        self.vassals = os.path.join(root, "vassals")
+        self.sockets = os.path.join(root, "sockets")
+        for d in (self.sites, self.vassals, self.sockets, os.path.join(root, "logs")):
+            os.makedirs(d)
+        with open(os.path.join(REPO, "demo", "vassal.ini.template")) as f:
+            self.template = f.read().replace("@SOCKET_DIR@", self.sockets).replace("@APP@", APP)
+
+    def spawn(self, name, args, **kw):
+        proc = Proc(name, args, os.path.join(self.root, "logs", name + ".log"), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def site(self, name, enabled):
+        with open(os.path.join(self.sites, name + ".ini"), "w") as f:
+            f.write(self.template)
+        if enabled:
+            shutil.copy(os.path.join(self.sites, name + ".ini"), os.path.join(self.vassals, name + ".ini"))
+
+    # ---- setup -------------------------------------------------------------------------
+    def start_apps(self):
+        self.warm = ["w%d.bench" % i for i in range(WARM_SITES)]
+        for name in self.warm:
+            self.site(name, True)
+        for kind in ("h", "n", "e", "s", "x"):
+            for i in range(COLD_SITES):
+                self.site("c%s%d.bench" % (kind, i), False)
+        self.site("burst-h.bench", False)
+        self.site("burst-n.bench", False)
+        # The floor: the same app straight on TCP, no proxy.
+        self.floor_port = free_port()
+        with open(os.path.join(self.vassals, "floor.ini"), "w") as f:
+            f.write(self.template.replace("http-socket = %s/%%n.sock" % self.sockets, "http-socket = 127.0.0.1:%d" % self.floor_port))
+        self.stats = os.path.join(self.root, "emperor-stats.sock")
+        self.emperor = self.spawn("emperor", ["uwsgi", "--emperor", self.vassals, "--emperor-freq", "1",
+                                              "--emperor-stats", self.stats, "--die-on-term"], cwd=self.root)
+        wait_for("the warm apps", lambda: all(unix_up(os.path.join(self.sockets, s + ".sock")) for s in self.warm), 300)
+        wait_for("the floor app", lambda: tcp_up(self.floor_port))
+
+    def start_herald(self):
+        self.h_edge, self.h_backend, self.h_metrics = free_port(), free_port(), free_port()
+        self.h_backend_nostats = free_port()
+        logs = os.path.join(self.root, "logs")
+        common = "server:\n  threads: 2\n  pid_file: %s/%%s.pid\n  upgrade_sock: %s/%%s.sock\n  grace_period_seconds: 1\n" % (self.root, self.root)
+        backend = ("backend:\n  listen: ['127.0.0.1:%%d']\n  sites_dir: %s\n  vassals_dir: %s\n  socket_path: %s/{host}.sock\n"
+                   "  idle_timeout: 0\n  access_log:\n    path: %s/herald-%%s.log\n%%s") % (self.sites, self.vassals, self.sockets, logs)
+        configs = {
+            "herald-edge": (common % ("edge", "edge")) + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n  access_log:\n    path: %s/herald-edge-access.log\n" % (self.h_edge, self.h_backend, logs),
+            "herald-backend": (common % ("backend", "backend")) + "metrics:\n  listen: 127.0.0.1:%d\n" % self.h_metrics
+            + backend % (self.h_backend, "backend-access", "  emperor_stats: %s\n" % self.stats),
+            "herald-backend-nostats": (common % ("nostats", "nostats")) + backend % (self.h_backend_nostats, "nostats-access", ""),
+        }
+        self.herald = {}
+        for name, yaml in configs.items():
+            path = os.path.join(self.root, name + ".yaml")
+            with open(path, "w") as f:
+                f.write(yaml)
+            self.herald[name] = self.spawn(name, [HERALD, "-c", path], env=dict(os.environ, RUST_LOG="warn"))
+        for port in (self.h_edge, self.h_backend, self.h_backend_nostats):
+            wait_for("herald on %d" % port, lambda: tcp_up(port))
+
+    def start_nginx(self):
+        self.n_edge, self.n_backend, self.init_port = free_port(), free_port(), free_port()
+        logs = os.path.join(self.root, "logs")
+        self.init = self.spawn("initializer", [sys.executable, os.path.join(REPO, "bench", "initializer.py"),
+                                               str(self.init_port), self.sites, self.vassals, self.sockets])
+        wait_for("the initializer", lambda: tcp_up(self.init_port))
+        common = ("worker_processes auto;\ndaemon off;\nerror_log %s/nginx-%%s-error.log warn;\npid %s/nginx-%%s.pid;\n"
+                  "load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
+                  "events { worker_connections 4096; }\nhttp {\n  access_log %s/nginx-%%s-access.log combined;\n"
+                  "  client_body_temp_path %s/tmp-%%s;\n  proxy_temp_path %s/ptmp-%%s;\n") % (logs, self.root, logs, self.root, self.root)
+        edge = common.replace("%s", "edge")
+        edge += ("  init_by_lua_block { %s backends = { \"b0\" } }\n"
+                 "  upstream b0 { server 127.0.0.1:%d; keepalive 64; }\n"
+                 "  server {\n    listen 127.0.0.1:%d;\n    location / {\n"
+                 "      set_by_lua_block $backend {\n        local ffi = require \"ffi\"\n        local h = py2hash(ngx.var.host)\n"
+                 "        local n = ffi.new(\"int64_t\", #backends)\n        local i = h %% n\n        if i < 0 then i = i + n end\n"
+                 "        return backends[tonumber(i) + 1]\n      }\n"
+                 "      proxy_pass http://$backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n"
+                 "      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n"
+                 "      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n"
+                 "      proxy_read_timeout 300s;\n    }\n  }\n}\n") % (LUA_HASH, self.n_backend, self.n_edge)
+        backend = common.replace("%s", "backend")
+        backend += ("  server {\n    listen 127.0.0.1:%d;\n    keepalive_timeout 75s;\n    location / {\n"
+                    "      proxy_pass http://unix:%s/$host.sock:;\n      proxy_set_header Host $host;\n"
+                    "      proxy_read_timeout 300s;\n      error_page 502 = @start;\n    }\n"
+                    "    location @start {\n      proxy_pass http://127.0.0.1:%d;\n      proxy_set_header Host $host;\n"
+                    "      proxy_read_timeout 300s;\n    }\n  }\n}\n") % (self.n_backend, self.sockets, self.init_port)
+        self.nginx = {}
+        for name, conf in (("nginx-edge", edge), ("nginx-backend", backend)):
+            path = os.path.join(self.root, name + ".conf")
+            with open(path, "w") as f:
+                f.write(conf)
+            self.nginx[name] = self.spawn(name, ["nginx", "-p", self.root, "-c", path])
+        for port in (self.n_edge, self.n_backend):
+            wait_for("nginx on %d" % port, lambda: tcp_up(port))
+
+    # ---- measurements ------------------------------------------------------------------
+    def proxy_pids(self, topology):
+        procs = self.herald.values() if topology == "herald" else self.nginx.values()
+        pids = []
+        for proc in procs:
+            pids += tree_pids(proc.p.pid)
+        return pids
+
+    def load(self, topology, scenario, duration):
+        port = {"herald": self.h_edge, "nginx": self.n_edge, "floor": self.floor_port}[topology]
+        pids = self.proxy_pids(topology) if topology != "floor" else []
+        cpu_before = cpu_seconds(pids)
+        peak = [0.0]
+
+        def sample():
+            end = time.time() + duration
+            while time.time() < end:
+                peak[0] = max(peak[0], rss_mib(pids))
+                time.sleep(0.5)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        if scenario == "one":
+            result = wrk(port, duration, host="w0.bench")
+        else:
+            result = wrk(port, duration, script=self.rotation)
+        sampler.join()
+        cpu = cpu_seconds(pids) - cpu_before
+        result["cpu_per_10k"] = cpu / max(result["requests"], 1) * 10_000 if pids else None
+        result["rss_load_mib"] = peak[0] if pids else None
+        return result
+
+    def cold_starts(self):
+        """Time to first byte for cold sites, and the emperor's own time for comparison."""
+        out = {"herald": [], "herald_no_stats": [], "nginx": [], "emperor_woken": [], "emperor_scan": []}
+        for i in range(COLD_SITES):
+            for key, kind, port in (("herald", "h", self.h_edge), ("herald_no_stats", "s", self.h_backend_nostats), ("nginx", "n", self.n_edge)):
+                t = time.time()
+                status, _ = get(port, "c%s%d.bench" % (kind, i))
+                assert status == 200, (key, status)
+                out[key].append((time.time() - t) * 1000)
+            for key, kind, wake in (("emperor_woken", "e", True), ("emperor_scan", "x", False)):
+                name = "c%s%d.bench" % (kind, i)
+                sock = os.path.join(self.sockets, name + ".sock")
+                t = time.time()
+                tmp = os.path.join(self.vassals, "." + name + ".tmp")
+                shutil.copy(os.path.join(self.sites, name + ".ini"), tmp)
+                os.rename(tmp, os.path.join(self.vassals, name + ".ini"))
+                if wake:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.connect(self.stats)
+                    while s.recv(65536):
+                        pass
+                    s.close()
+                while not unix_up(sock):
+                    time.sleep(0.001)
+                out[key].append((time.time() - t) * 1000)
+        return out
+
+    def burst(self, topology):
+        port = self.h_edge if topology == "herald" else self.n_edge
+        site = "burst-%s.bench" % topology[0]
+        starts_before = self.herald_starts() if topology == "herald" else None
+        results = []
+
+        def one():
+            try:
+                results.append(get(port, site)[0])
+            except Exception as e:  # counted as an error
+                results.append(str(e))
+        threads = [threading.Thread(target=one) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        errors = sum(1 for r in results if r != 200)
+        if topology == "herald":
+            starts = self.herald_starts() - starts_before
+        else:
+            with open(os.path.join(self.root, "logs", "initializer.log")) as f:
+                starts = sum(1 for line in f if line.startswith("start %s" % site))
+        return {"errors": errors, "starts": starts}
+
+    def herald_starts(self):
+        _, body = get(self.h_metrics, "metrics", "/metrics")
+        return sum(float(line.split()[-1]) for line in body.decode().splitlines()
+                   if line.startswith("herald_app_starts_total{"))
+
+    def run(self):
+        self.rotation = os.path.join(self.root, "rotate.lua")
+        with open(self.rotation, "w") as f:
+            f.write("local i = 0\nrequest = function()\n  i = i %% %d + 1\n"
+                    "  return wrk.format(\"GET\", \"/hello\", {[\"Host\"] = \"w\" .. (i - 1) .. \".bench\"})\nend\n" % WARM_SITES)
+        self.start_apps()
+        self.start_herald()
+        self.start_nginx()
+        # Touch every site through both, so no run pays for a first connection.
+        for s in self.warm:
+            assert get(self.h_edge, s)[0] == 200 and get(self.n_edge, s)[0] == 200, s
+        idle = {"herald": rss_mib(self.proxy_pids("herald")), "nginx": rss_mib(self.proxy_pids("nginx"))}
+        rounds = []
+        for r in range(self.args.rounds):
+            order = ["herald", "nginx"] if r % 2 == 0 else ["nginx", "herald"]
+            this = {}
+            for scenario in ("one", "many"):
+                for topology in order + ["floor"]:
+                    res = self.load(topology, scenario, self.args.duration)
+                    this["%s/%s" % (topology, scenario)] = res
+                    print("round %d %-6s %-4s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (
+                        r + 1, topology, scenario, res["rps"], res["p50_ms"], res["p99_ms"], res["errors"]), flush=True)
+            rounds.append(this)
+        cold = self.cold_starts()
+        bursts = {t: self.burst(t) for t in ("herald", "nginx")}
+        return {"rounds": rounds, "idle_rss_mib": idle, "cold_ms": cold, "burst": bursts}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(raw):
+    keys = raw["rounds"][0].keys()
+    med = {k: {m: median([r[k][m] for r in raw["rounds"]]) for m in ("rps", "p50_ms", "p99_ms", "cpu_per_10k", "rss_load_mib", "errors")} for k in keys}
+    return med
+
+
+def svg_chart(med, path):
+    groups = [("one site", "one"), ("200 sites", "many")]
+    bars = [("herald", "#2b7bb9"), ("nginx", "#d95f02"), ("floor", "#999999")]
+    width, height, top = 640, 300, 40
+    rps_max = max(med["%s/%s" % (b, s)]["rps"] for _, s in groups for b, _c in bars)
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (width, height),
+             '<text x="10" y="20" font-size="14">Requests per second (median; higher is better) and p99 latency</text>']
+    x = 40
+    for label, s in groups:
+        for b, color in bars:
+            v = med["%s/%s" % (b, s)]
+            h = (height - top - 60) * v["rps"] / rps_max
+            y = height - 40 - h
+            parts.append('<rect x="%d" y="%.1f" width="50" height="%.1f" fill="%s"/>' % (x, y, h, color))
+            parts.append('<text x="%d" y="%.1f">%.0f</text>' % (x, y - 4, v["rps"]))
+            parts.append('<text x="%d" y="%d">%s</text>' % (x, height - 25, b))
+            parts.append('<text x="%d" y="%d">p99 %.1f ms</text>' % (x - 4, height - 10, v["p99_ms"]))
+            x += 70
+        parts.append('<text x="%d" y="%d" font-weight="bold">%s</text>' % (x - 190, top, label))
+        x += 60
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+def versions():
+    def first_line(args):
+        try:
+            r = subprocess.run(args, capture_output=True, text=True)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "herald": first_line([HERALD, "--version"]),
+            "nginx": first_line(["nginx", "-v"]), "uwsgi": first_line(["uwsgi", "--version"]), "wrk": first_line(["wrk", "-v"])}
+
+
+def report(raw, med, args):
+    ratio = lambda k, m: med["herald/%s" % k][m] / med["nginx/%s" % k][m]
+    cold = {k: median(v) for k, v in raw["cold_ms"].items()}
+    v = versions()
+    lines = ["# Benchmarks", "",
+             "Herald (edge + backend, two processes) against the talk's setup (nginx + Lua edge, nginx backend",
+             "with a 502 fallback to an initializer service), over one uWSGI emperor and the same apps, on one",
+             "machine, alternately in the same run. Produced by `bench/run` (%d rounds of %d s per measurement)." % (args.rounds, args.duration), "",
+             "Machine: %s, %s cores, Linux %s. %s; %s; uWSGI %s; %s." % (v["cpu"], v["cores"], v["kernel"], v["herald"], v["nginx"], v["uwsgi"], v["wrk"]), "",
+             "## Warm requests (medians)", "",
+             "| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 10k req | RSS under load MiB | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, s in (("one site", "one"), ("200 sites", "many")):
+        for b in ("herald", "nginx", "floor"):
+            m = med["%s/%s" % (b, s)]
+            lines.append("| %s | %s | %.0f | %.2f | %.2f | %s | %s | %d |" % (
+                label, b if b != "floor" else "none (the app on TCP)", m["rps"], m["p50_ms"], m["p99_ms"],
+                "%.3f" % m["cpu_per_10k"] if m["cpu_per_10k"] == m["cpu_per_10k"] else "-",
+                "%.0f" % m["rss_load_mib"] if m["rss_load_mib"] == m["rss_load_mib"] else "-", m["errors"]))
+    lines += ["", "Ratios Herald / nginx (targets: throughput >= 1.2, p99 <= 0.8, CPU per request <= 1, memory <= 1):", "",
+              "| scenario | throughput | p99 | CPU per request |", "|---|---|---|---|"]
+    for label, s in (("one site", "one"), ("200 sites", "many")):
+        lines.append("| %s | %.2f | %.2f | %.2f |" % (label, ratio(s, "rps"), ratio(s, "p99_ms"), ratio(s, "cpu_per_10k")))
+    lines += ["", "Idle RSS: Herald %.0f MiB, nginx %.0f MiB (both processes of each topology)." % (raw["idle_rss_mib"]["herald"], raw["idle_rss_mib"]["nginx"]), "",
+              "![throughput and p99](bench/results.svg)", "",
+              "## Cold starts (median of %d sites, milliseconds to first byte)" % COLD_SITES, "",
+              "| path | ms |", "|---|---|",
+              "| emperor alone, woken through its stats socket | %.1f |" % cold["emperor_woken"],
+              "| emperor alone, waiting for its scan (--emperor-freq 1) | %.1f |" % cold["emperor_scan"],
+              "| Herald edge + backend, `emperor_stats` set | %.1f |" % cold["herald"],
+              "| Herald backend, no `emperor_stats` | %.1f |" % cold["herald_no_stats"],
+              "| nginx + Lua edge, nginx backend, 502 -> initializer | %.1f |" % cold["nginx"], "",
+              "Herald's own share of a cold start: %.1f ms (Herald with stats - emperor woken)." % (cold["herald"] - cold["emperor_woken"]), "",
+              "Burst of 100 concurrent requests on one cold site: Herald %d errors, %d start(s); nginx %d errors, %d start(s)." % (
+                  raw["burst"]["herald"]["errors"], raw["burst"]["herald"]["starts"], raw["burst"]["nginx"]["errors"], raw["burst"]["nginx"]["starts"]), "",
+              "## Raw numbers", "", "```json", json.dumps(raw, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load measurement")
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s, to check the harness")
+    parser.add_argument("--output", default=os.path.join(REPO, "BENCHMARKS.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration = 1, 3
+    root = tempfile.mkdtemp(prefix="herald-bench.")
+    bench = Bench(root, args)
+    try:
+        raw = bench.run()
+    finally:
+        bench.stop_all()
+    med = summarize(raw)
+    svg_chart(med, os.path.join(REPO, "bench", "results.svg"))
+    text = report(raw, med, args)
+    with open(args.output, "w") as f:
+        f.write(text)
+    print(text.split("## Raw numbers")[0])
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
