@@ -500,29 +500,18 @@ struct ControlPlane {
 impl ControlPlane {
     fn start(backend: &Backend) -> ControlPlane {
         let root = backend.root();
-        let (calls, port_file) = (
-            root.join("control-plane-calls.log"),
-            root.join("control-plane.port"),
-        );
-        let mut process = Process::spawn(
+        let calls = root.join("control-plane-calls.log");
+        let script = repo_path("tests/control_plane.py");
+        let (port, process) = python_program(
+            root,
             "control plane",
-            Command::new("python3")
-                .arg(repo_path("tests/control_plane.py"))
-                .arg(&backend.emperor.sites_dir)
-                .arg(&backend.emperor.vassals_dir)
-                .arg(&calls)
-                .arg(&port_file),
-            &root.join("control-plane.log"),
+            &[
+                script.as_os_str(),
+                backend.emperor.sites_dir.as_os_str(),
+                backend.emperor.vassals_dir.as_os_str(),
+                calls.as_os_str(),
+            ],
         );
-        wait_until("the control plane", STARTUP_DEADLINE, || {
-            process.assert_running();
-            port_file.exists()
-        });
-        let port = fs::read_to_string(&port_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
         ControlPlane {
             process,
             port,

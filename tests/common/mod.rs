@@ -127,10 +127,15 @@ impl Drop for Process {
 /// A small Python server for a test: `script` gets a file path as `sys.argv[1]` and writes
 /// the port it listens on there (atomically) once it is ready.
 pub fn python_service(dir: &Path, name: &str, script: &str) -> (u16, Process) {
+    python_program(dir, name, &["-c".as_ref(), script.as_ref()])
+}
+
+/// `python3 ARGS... PORT_FILE`: a Python server that writes its port to the file given last.
+pub fn python_program(dir: &Path, name: &str, args: &[&std::ffi::OsStr]) -> (u16, Process) {
     let port_file = dir.join(format!("{name}.port"));
     let mut process = Process::spawn(
         name,
-        Command::new("python3").args(["-c", script, port_file.to_str().unwrap()]),
+        Command::new("python3").args(args).arg(&port_file),
         &dir.join(format!("{name}.log")),
     );
     wait_until(name, STARTUP_DEADLINE, || {
