@@ -23,12 +23,21 @@ pub fn herald_bin() -> &'static str {
     env!("CARGO_BIN_EXE_herald")
 }
 
-/// A port that was free a moment ago (the OS picks it; it is released for the caller).
+/// A port that was free a moment ago (the OS picks it; it is released for the caller), and
+/// never handed out before in this test process, so parallel tests cannot be given the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `ready` every few milliseconds until it holds or `deadline` passes.
