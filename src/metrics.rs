@@ -153,6 +153,12 @@ pub fn register_all() {
     Lazy::force(&APP_STOPS);
     Lazy::force(&APPS_ENABLED);
     Lazy::force(&REQUESTS_WAITED_ON_START);
+    Lazy::force(&APPS_RUNNING);
+    Lazy::force(&BACKENDS_FILE_ERRORS);
+    Lazy::force(&ACCESS_LOG_DROPPED);
+    Lazy::force(&CONFIG_RELOADS);
+    Lazy::force(&UPSTREAM_CONNECT_FAILURES);
+    Lazy::force(&BACKEND_REQUESTS);
 }
 
 static BACKEND_UP: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {

@@ -98,3 +98,19 @@ impl RequestState {
         log.record(session.req_header(), session.body_bytes_sent(), &facts);
     }
 }
+
+/// Whether a request already sent upstream could be sent again: idempotent, with its body still
+/// buffered.
+pub fn replayable(session: &Session) -> bool {
+    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+}
+
+/// Pingora's own rule for an error after connecting (its default `error_while_proxy`): a
+/// replayable request is retried only when the failed connection came from the pool.
+pub fn retry_as_pingora_does(session: &Session, e: &mut pingora::Error, client_reused: bool) {
+    if replayable(session) {
+        e.retry.decide_reuse(client_reused);
+    } else {
+        e.set_retry(false);
+    }
+}

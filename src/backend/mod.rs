@@ -17,7 +17,7 @@ use crate::forwarding;
 use crate::frontdoor::FrontDoor;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
-use crate::request::{RequestState, X_REQUEST_ID};
+use crate::request::{self, RequestState, X_REQUEST_ID};
 use activity::{Activity, SiteActivity};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -251,15 +251,8 @@ impl ProxyHttp for BackendProxy {
                 retry_after: None,
             });
         }
-        // Pingora's own rule: retry on a fresh connection only idempotent requests whose
-        // body is still buffered, and only when a reused connection failed.
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        request::retry_as_pingora_does(session, &mut e, client_reused);
         e
     }
 

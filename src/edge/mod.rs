@@ -12,7 +12,7 @@ use crate::forwarding;
 use crate::frontdoor::FrontDoor;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
-use crate::request::{RequestState, X_REQUEST_ID};
+use crate::request::{self, RequestState, X_REQUEST_ID};
 use async_trait::async_trait;
 use backends::BackendList;
 use bytes::Bytes;
@@ -151,19 +151,15 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        let replayable = session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
-        if !replayable {
-            e.set_retry(false);
-        } else if self.retry_idempotent
+        if self.retry_idempotent
             && ctx.may_try_another()
             && session.response_written().is_none()
+            && request::replayable(session)
         {
             // Allowed by config: an idempotent request already sent goes to the next backend.
             e.set_retry(true);
         } else {
-            // Pingora's rule: only a failure on a reused (possibly stale) connection is retried.
-            e.retry.decide_reuse(client_reused);
+            request::retry_as_pingora_does(session, &mut e, client_reused);
         }
         e
     }
