@@ -19,7 +19,10 @@ const UPGRADES: usize = 3;
 /// One response on a keep-alive connection: `Ok(None)` when the server had closed the
 /// connection before answering (an idle keep-alive connection closed by a server that is
 /// shutting down), which any HTTP client retries on a new connection.
-fn exchange(stream: &mut BufReader<TcpStream>, site: &str) -> std::io::Result<Option<u16>> {
+fn exchange(
+    stream: &mut BufReader<TcpStream>,
+    site: &str,
+) -> std::io::Result<Option<(u16, String)>> {
     let request = format!("GET /hello HTTP/1.1\r\nHost: {site}\r\n\r\n");
     if stream.get_mut().write_all(request.as_bytes()).is_err() {
         return Ok(None);
@@ -53,7 +56,7 @@ fn exchange(stream: &mut BufReader<TcpStream>, site: &str) -> std::io::Result<Op
     }
     let mut body = vec![0; length];
     stream.read_exact(&mut body)?;
-    Ok(Some(status))
+    Ok(Some((status, String::from_utf8_lossy(&body).into_owned())))
 }
 
 struct LoadReport {
@@ -91,11 +94,11 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadReport>
                 },
             };
             match exchange(stream, "warm.example") {
-                Ok(Some(200)) => report.answered += 1,
-                Ok(Some(status)) => {
+                Ok(Some((200, _))) => report.answered += 1,
+                Ok(Some((status, body))) => {
                     report
                         .errors
-                        .push(format!("status {status} at {:?}", began.elapsed()));
+                        .push(format!("status {status} at {:?}: {body}", began.elapsed()));
                     connection = None;
                 }
                 Ok(None) if !fresh => connection = None, // closed while idle: reconnect, resend

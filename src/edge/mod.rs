@@ -27,10 +27,6 @@ use placement::Placement;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// A request goes to at most this many backends: its own, then the next one if the
-/// connection to its own fails.
-const MAX_BACKENDS_PER_REQUEST: usize = 2;
-
 pub struct EdgeProxy {
     front_door: FrontDoor,
     placement: Arc<Placement>,
@@ -42,13 +38,24 @@ pub struct EdgeProxy {
 
 pub struct EdgeCtx {
     request: RequestState,
-    /// Backends this request was sent to, in order.
+    /// Backends this request was sent to, in order (a retry on a fresh connection to the same
+    /// backend, after a stale pooled one, counts again).
     tried: Vec<SocketAddr>,
+    /// Backends that failed this request, so its retry goes to the next one.
+    avoid: Vec<SocketAddr>,
 }
 
 impl EdgeCtx {
-    fn may_try_another(&self) -> bool {
-        self.tried.len() < MAX_BACKENDS_PER_REQUEST
+    /// A request fails over once: from its own backend to the next.
+    fn may_fail_over(&self) -> bool {
+        self.avoid.is_empty()
+    }
+
+    /// The backend that just failed is avoided from now on.
+    fn fail_over(&mut self) {
+        if let Some(last) = self.tried.last() {
+            self.avoid.push(*last);
+        }
     }
 }
 
@@ -60,6 +67,7 @@ impl ProxyHttp for EdgeProxy {
         EdgeCtx {
             request: RequestState::new(self.metrics.begin()),
             tried: Vec::new(),
+            avoid: Vec::new(),
         }
     }
 
@@ -94,7 +102,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let addr = self
             .placement
-            .pick(&ctx.request.site, &ctx.tried)
+            .pick(&ctx.request.site, &ctx.avoid)
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend server available"))?;
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -136,7 +144,9 @@ impl ProxyHttp for EdgeProxy {
         metrics::upstream_connect_failed("edge", reason);
         // With no other backend to try, the client gets this error itself (a 504 for a
         // timeout, say) rather than "no backend available".
-        if ctx.may_try_another() && self.placement.pick(&ctx.request.site, &ctx.tried).is_some() {
+        let failed = ctx.tried.last().map_or(&[][..], std::slice::from_ref);
+        if ctx.may_fail_over() && self.placement.pick(&ctx.request.site, failed).is_some() {
+            ctx.fail_over();
             e.set_retry(true);
         }
         e
@@ -152,13 +162,16 @@ impl ProxyHttp for EdgeProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if self.retry_idempotent
-            && ctx.may_try_another()
+            && ctx.may_fail_over()
             && session.response_written().is_none()
             && request::replayable(session)
         {
             // Allowed by config: an idempotent request already sent goes to the next backend.
+            ctx.fail_over();
             e.set_retry(true);
         } else {
+            // A stale pooled connection is retried on a fresh one to the same backend: the
+            // backend did not fail, its old connection did.
             request::retry_as_pingora_does(session, &mut e, client_reused);
         }
         e
@@ -172,7 +185,7 @@ impl ProxyHttp for EdgeProxy {
         _context: ProxyWarnLogContext,
     ) -> bool {
         // Failing over is logged by the health checks; one warning per request adds nothing.
-        ctx.tried.len() == 1
+        !ctx.avoid.is_empty()
     }
 
     async fn fail_to_proxy(
