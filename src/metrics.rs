@@ -1,11 +1,14 @@
 //! Every Prometheus metric Herald exports, registered once in the default registry that
 //! pingora-prometheus serves.
 
+use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
     register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -245,8 +248,27 @@ pub fn upstream_connect_failed(role: &str, reason: &str) {
         .inc();
 }
 
-pub fn backend_request(backend: &str) {
-    BACKEND_REQUESTS.with_label_values(&[backend]).inc();
+/// `herald_backend_requests_total`, with each backend's series looked up once rather than
+/// per request (a label lookup formats the address and hashes it).
+#[derive(Default)]
+pub struct BackendRequests {
+    by_backend: ArcSwap<HashMap<SocketAddr, IntCounter>>,
+}
+
+impl BackendRequests {
+    pub fn count(&self, backend: SocketAddr) {
+        if let Some(counter) = self.by_backend.load().get(&backend) {
+            counter.inc();
+            return;
+        }
+        let counter = BACKEND_REQUESTS.with_label_values(&[&backend.to_string()]);
+        counter.inc();
+        self.by_backend.rcu(|known| {
+            let mut known = HashMap::clone(known);
+            known.insert(backend, counter.clone());
+            known
+        });
+    }
 }
 
 pub fn config_reloaded(ok: bool) {

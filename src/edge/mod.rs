@@ -33,6 +33,7 @@ pub struct EdgeProxy {
     upstream: UpstreamTimeouts,
     retry_idempotent: bool,
     metrics: RoleMetrics,
+    backend_requests: metrics::BackendRequests,
     access_log: AccessLog,
 }
 
@@ -214,7 +215,7 @@ impl ProxyHttp for EdgeProxy {
         let status = session.response_written().map(|r| r.status.as_u16());
         self.metrics.observe(status, ctx.request.started.elapsed());
         for backend in &ctx.tried {
-            metrics::backend_request(&backend.to_string());
+            self.backend_requests.count(*backend);
         }
         let last = ctx.tried.last();
         ctx.request.log(
@@ -256,6 +257,7 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         upstream: config.upstream,
         retry_idempotent: config.retry_idempotent,
         metrics: RoleMetrics::new("edge"),
+        backend_requests: metrics::BackendRequests::default(),
         access_log: AccessLog::for_role("edge", &config.frontend),
     };
     let mut service =
