@@ -1,10 +1,11 @@
 //! What both roles check before a request goes anywhere: which site it is for, whether its
 //! client already has too many requests in progress, and whether its body is within limits.
-//! A request that fails is answered here.
+//! A request that fails is answered here. A WebSocket handshake is recognised here too, and
+//! gets the WebSocket idle timeout instead of the body timeout.
 
 use crate::config::Frontend;
 use crate::pages::{self, ErrorPages};
-use crate::{forwarding, host};
+use crate::{forwarding, host, websocket};
 use bytes::Bytes;
 use log::debug;
 use pingora::prelude::*;
@@ -21,14 +22,17 @@ pub struct FrontDoor {
     keepalive: Option<u64>,
     max_body: Option<u64>,
     body_timeout: Duration,
+    websocket_idle: Duration,
     per_client: Option<Arc<ClientLimiter>>,
     pages: ErrorPages,
 }
 
-/// A request let in: its site, and its place in its client's count.
+/// A request let in: its site, its place in its client's count, and whether it opens a
+/// WebSocket.
 pub struct Admitted {
     pub site: String,
     pub client_slot: Option<ClientSlot>,
+    pub websocket: bool,
 }
 
 impl FrontDoor {
@@ -49,6 +53,7 @@ impl FrontDoor {
             keepalive: (secs > 0).then_some(secs),
             max_body: frontend.client_max_body_size,
             body_timeout: frontend.client_body_timeout,
+            websocket_idle: frontend.websocket_idle_timeout,
             per_client: frontend.max_connections_per_client.map(|limit| {
                 Arc::new(ClientLimiter {
                     limit,
@@ -61,6 +66,14 @@ impl FrontDoor {
     /// The role's error pages (the operator's, or the built-in ones).
     pub fn pages(&self) -> &ErrorPages {
         &self.pages
+    }
+
+    /// How long an open WebSocket may carry nothing before it is closed. Once upgraded, Pingora
+    /// restarts both its reads (from the client and from upstream) whenever anything moves in
+    /// either direction, so the socket closes after the smaller of the two timeouts of silence:
+    /// each role sets this one on both sides.
+    pub fn websocket_idle_timeout(&self) -> Duration {
+        self.websocket_idle
     }
 
     /// The site the request is for, or `None` once the request has been answered.
@@ -103,11 +116,28 @@ impl FrontDoor {
             },
             _ => None,
         };
-        Ok(Some(Admitted { site, client_slot }))
+        let websocket = websocket::is_websocket_upgrade(session.req_header());
+        if websocket {
+            session.set_read_timeout(Some(self.websocket_idle));
+        }
+        Ok(Some(Admitted {
+            site,
+            client_slot,
+            websocket,
+        }))
     }
 
     /// Counts a chunk of request body against the limit, for bodies without Content-Length.
-    pub fn check_body(&self, received: &mut u64, chunk: Option<&Bytes>) -> Result<()> {
+    /// After an upgrade the "body" is the client's WebSocket frames, which have no limit.
+    pub fn check_body(
+        &self,
+        session: &Session,
+        received: &mut u64,
+        chunk: Option<&Bytes>,
+    ) -> Result<()> {
+        if session.was_upgraded() {
+            return Ok(());
+        }
         *received += chunk.map_or(0, |c| c.len() as u64);
         match self.max_body {
             Some(max) if *received > max => Error::e_explain(

@@ -16,6 +16,7 @@ mod metrics;
 mod pages;
 mod preview;
 mod request;
+mod websocket;
 
 use clap::Parser;
 use config::Config;

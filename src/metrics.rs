@@ -39,6 +39,25 @@ static REQUESTS_IN_PROGRESS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+static WEBSOCKET_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "herald_websocket_duration_seconds",
+        "How long upgraded (WebSocket) connections stayed open; they are not in herald_request_duration_seconds",
+        &["role"],
+        vec![1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0]
+    )
+    .expect("metric registers once")
+});
+
+static WEBSOCKETS_OPEN: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "herald_websockets_open",
+        "Upgraded (WebSocket) connections open now, by role",
+        &["role"]
+    )
+    .expect("metric registers once")
+});
+
 const CODE_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A role's request metrics with their label values resolved up front, so that counting a
@@ -47,6 +66,8 @@ pub struct RoleMetrics {
     by_class: [IntCounter; 6],
     duration: Histogram,
     in_progress: IntGauge,
+    websocket_duration: Histogram,
+    websockets_open: IntGauge,
 }
 
 impl RoleMetrics {
@@ -55,6 +76,8 @@ impl RoleMetrics {
             by_class: CODE_CLASSES.map(|class| REQUESTS.with_label_values(&[role, class])),
             duration: REQUEST_DURATION.with_label_values(&[role]),
             in_progress: REQUESTS_IN_PROGRESS.with_label_values(&[role]),
+            websocket_duration: WEBSOCKET_DURATION.with_label_values(&[role]),
+            websockets_open: WEBSOCKETS_OPEN.with_label_values(&[role]),
         }
     }
 
@@ -64,10 +87,23 @@ impl RoleMetrics {
         InProgress(self.in_progress.clone())
     }
 
+    /// Counts an upgraded connection in `herald_websockets_open` until the guard drops.
+    pub fn websocket_opened(&self) -> OpenWebSocket {
+        self.websockets_open.inc();
+        OpenWebSocket(self.websockets_open.clone())
+    }
+
+    /// Counts a finished request. A WebSocket (status 101) counts as a request too, but its
+    /// duration is how long it stayed open, minutes or hours: it goes to its own histogram,
+    /// so that the request latencies stay those of requests.
     pub fn observe(&self, status: Option<u16>, elapsed: Duration) {
         let class = status.map_or(0, |s| usize::from(s / 100)).min(5);
         self.by_class[class].inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        if status == Some(101) {
+            self.websocket_duration.observe(elapsed.as_secs_f64());
+        } else {
+            self.duration.observe(elapsed.as_secs_f64());
+        }
     }
 }
 
@@ -127,6 +163,15 @@ pub fn record_start(result: &str, elapsed: Duration) {
 pub struct InProgress(IntGauge);
 
 impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One upgraded connection in `herald_websockets_open`.
+pub struct OpenWebSocket(IntGauge);
+
+impl Drop for OpenWebSocket {
     fn drop(&mut self) {
         self.0.dec();
     }

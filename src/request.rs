@@ -3,7 +3,7 @@
 use crate::access_log::{self, AccessLog, Facts};
 use crate::forwarding;
 use crate::frontdoor::ClientSlot;
-use crate::metrics::InProgress;
+use crate::metrics::{InProgress, OpenWebSocket};
 use pingora::proxy::Session;
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,11 @@ pub struct RequestState {
     pub client_slot: Option<ClientSlot>,
     /// Sent upstream as `X-Request-Id` and logged.
     pub request_id: String,
+    /// A WebSocket handshake (`websocket::is_websocket_upgrade`): its connection gets
+    /// `websocket_idle_timeout` on both sides.
+    pub websocket: bool,
+    /// Held while the upgraded connection is open (`herald_websockets_open`).
+    pub open_websocket: Option<OpenWebSocket>,
     upstream_began: Option<Instant>,
     upstream_time: Option<Duration>,
     _in_progress: InProgress,
@@ -32,6 +37,8 @@ impl RequestState {
             body_received: 0,
             client_slot: None,
             request_id: String::new(),
+            websocket: false,
+            open_websocket: None,
             upstream_began: None,
             upstream_time: None,
         }

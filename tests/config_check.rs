@@ -112,6 +112,8 @@ fn broken_configs_are_rejected_naming_file_and_field() {
         ("bad-error-page-name", format!("{}  error_pages: {dir}/pages\n  access_log:\n    path: /no/such/dir/access.log\n", backend("")),
             vec!["backend.error_pages: \"", "4O4.html\": pages are named after their status", "backend.access_log.path: the directory of \"/no/such/dir/access.log\" does not exist"]),
         ("bad-health-host", format!("{}  health_host: Not_A_Host\n", backend("")), vec!["backend.health_host: \"Not_A_Host\" must be a lowercase host name"]),
+        ("bad-websocket-idle", format!("{}  websocket_idle_timeout: 0\nedge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80]\n  websocket_idle_timeout: 1 hour\n", backend("")),
+            vec!["backend.websocket_idle_timeout: must be more than 0", "edge.websocket_idle_timeout: invalid duration"]),
     ];
     fs::write(
         root.path().join("bad-backends"),

@@ -50,6 +50,8 @@ fn metrics_are_exposed_and_move_with_requests() {
         "herald_app_starts_in_progress",
         "herald_app_stops_total",
         "herald_apps_enabled",
+        "herald_websockets_open",
+        "herald_websocket_duration_seconds",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",

@@ -18,6 +18,7 @@ use crate::frontdoor::FrontDoor;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use crate::request::{self, RequestState, X_REQUEST_ID};
+use crate::websocket;
 use activity::{Activity, SiteActivity};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -141,6 +142,7 @@ impl ProxyHttp for BackendProxy {
             return Ok(true);
         };
         ctx.request.client_slot = admitted.client_slot;
+        ctx.request.websocket = admitted.websocket;
         // The edge's id, so its log line and this one can be matched.
         ctx.request.identify(session, self.is_trusted(session));
         let site = admitted.site;
@@ -158,13 +160,13 @@ impl ProxyHttp for BackendProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut BackendCtx,
     ) -> Result<()> {
         self.front_door
-            .check_body(&mut ctx.request.body_received, body.as_ref())
+            .check_body(session, &mut ctx.request.body_received, body.as_ref())
     }
 
     async fn upstream_peer(
@@ -205,6 +207,11 @@ impl ProxyHttp for BackendProxy {
             Error::explain(HTTPStatus(502), "socket path too long")
         })?;
         self.upstream.apply_to(&mut peer.options);
+        if ctx.request.websocket {
+            // The upstream side of the socket's idle timer (see FrontDoor). It also bounds the
+            // wait for the 101, which Pingora reads with the same timeout.
+            peer.options.read_timeout = Some(self.front_door.websocket_idle_timeout());
+        }
         ctx.request.upstream_chosen();
         Ok(Box::new(peer))
     }
@@ -217,7 +224,12 @@ impl ProxyHttp for BackendProxy {
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
         upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
-        if self.upstream.keepalive.is_zero() {
+        // An upgrade (Pingora kept `Upgrade` only for a WebSocket) keeps the `Connection:
+        // Upgrade` Pingora set: an app may refuse a handshake without it, and an upgraded
+        // connection is never pooled anyway.
+        if self.upstream.keepalive.is_zero()
+            && !upstream_request.headers.contains_key(http::header::UPGRADE)
+        {
             // Tells Pingora not to pool the connection: the app closes it after answering.
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
@@ -306,6 +318,10 @@ impl ProxyHttp for BackendProxy {
         }
     }
 
+    fn suppress_error_log(&self, session: &Session, _ctx: &BackendCtx, error: &Error) -> bool {
+        websocket::closed_for_idleness(session, error)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -320,11 +336,17 @@ impl ProxyHttp for BackendProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut BackendCtx,
     ) -> Result<()> {
         ctx.request.upstream_answered();
+        // The status first: it is all an ordinary response costs.
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && session.is_upgrade(upstream_response) == Some(true)
+        {
+            ctx.request.open_websocket = Some(self.metrics.websocket_opened());
+        }
         Ok(())
     }
 

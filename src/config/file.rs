@@ -36,6 +36,7 @@ pub struct EdgeSection {
     pub access_log: Option<AccessLogSection>,
     pub error_pages: Option<String>,
     pub upstream_keepalive_timeout: Option<Scalar>,
+    pub websocket_idle_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +108,7 @@ pub struct BackendSection {
     pub access_log: Option<AccessLogSection>,
     pub error_pages: Option<String>,
     pub upstream_keepalive_timeout: Option<Scalar>,
+    pub websocket_idle_timeout: Option<Scalar>,
     pub initializer: Option<InitializerSection>,
     pub start_timeout: Option<Scalar>,
     pub max_starts: Option<usize>,

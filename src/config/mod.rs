@@ -40,6 +40,9 @@ pub struct Frontend {
     pub client_max_body_size: Option<u64>,
     /// Longest pause while a request body is read.
     pub client_body_timeout: Duration,
+    /// How long an upgraded (WebSocket) connection may carry nothing in either direction
+    /// before it is closed; replaces `client_body_timeout` and `proxy_read_timeout` for it.
+    pub websocket_idle_timeout: Duration,
     /// Requests from one client IP in progress at once (nginx's `limit_conn`); `None`: no limit.
     pub max_connections_per_client: Option<usize>,
     pub access_log: crate::access_log::Destination,

@@ -20,6 +20,9 @@ const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pingora reads a connection's first request headers with this timeout, fixed in 0.9.
 const PINGORA_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longer than uWSGI's WebSocket pings (every 30 s), which keep a live socket busy anyway; an
+/// app that never pings gets an hour of silence before its socket is closed.
+const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_EDGE_UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
 /// No pooling: uWSGI's `http-socket` answers HTTP/1.1 without `Connection: close` and then
 /// closes, so a pooled connection would be dead on reuse. (With `http11-socket`, set it below
@@ -195,6 +198,7 @@ impl Checker {
             raw.health_host.as_ref(),
             raw.allow_ip_hosts,
             raw.limits.as_ref(),
+            raw.websocket_idle_timeout.as_ref(),
         );
         let frontend = self.logs_and_pages(
             frontend,
@@ -332,6 +336,7 @@ impl Checker {
             raw.health_host.as_ref(),
             raw.allow_ip_hosts,
             raw.limits.as_ref(),
+            raw.websocket_idle_timeout.as_ref(),
         );
         let frontend = self.logs_and_pages(
             frontend,
@@ -492,6 +497,7 @@ impl Checker {
         health_host: Option<&String>,
         allow_ip_hosts: Option<bool>,
         limits: Option<&LimitsSection>,
+        websocket_idle_timeout: Option<&Scalar>,
     ) -> Frontend {
         if listen.is_empty() {
             self.bad(
@@ -530,6 +536,18 @@ impl Checker {
             limits.client_header_timeout.as_ref(),
             PINGORA_HEADER_TIMEOUT,
         );
+        let websocket_field = format!("{role}.websocket_idle_timeout");
+        let websocket_idle_timeout = self.duration(
+            &websocket_field,
+            websocket_idle_timeout,
+            DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
+        );
+        if websocket_idle_timeout.is_zero() {
+            self.bad(
+                websocket_field,
+                "must be more than 0 (an idle WebSocket would be closed at once), like 1h",
+            );
+        }
         if header_timeout != PINGORA_HEADER_TIMEOUT {
             self.bad(
                 field("client_header_timeout"),
@@ -551,6 +569,7 @@ impl Checker {
                 limits.client_body_timeout.as_ref(),
                 DEFAULT_CLIENT_BODY_TIMEOUT,
             ),
+            websocket_idle_timeout,
             max_connections_per_client: limits.max_connections_per_client.filter(|n| *n > 0),
             access_log: crate::access_log::Destination::Off,
             access_log_format: crate::access_log::Format::Combined,
@@ -829,6 +848,10 @@ mod tests {
         assert_eq!(edge.backends[1].weight, 3);
         assert_eq!(edge.upstream.connect, DEFAULT_PROXY_TIMEOUT);
         assert_eq!(
+            edge.frontend.websocket_idle_timeout,
+            DEFAULT_WEBSOCKET_IDLE_TIMEOUT
+        );
+        assert_eq!(
             config.server.grace_period_seconds,
             Some(DEFAULT_GRACE_PERIOD_SECONDS)
         );
@@ -862,6 +885,28 @@ mod tests {
             "{text}"
         );
         assert_eq!(lines.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn websocket_idle_timeout_is_a_positive_duration_in_each_role() {
+        let edge = "edge:\n  listen: ['127.0.0.1:80']\n  backends: ['10.0.0.1:80']\n";
+        let config = parse("t.yaml", &format!("{edge}  websocket_idle_timeout: 15m\n")).unwrap();
+        assert_eq!(
+            config.edge.unwrap().frontend.websocket_idle_timeout,
+            Duration::from_secs(900)
+        );
+        let backend = "backend:\n  listen: ['127.0.0.1:81']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: /tmp/{host}.sock\n";
+        let text = problems(&format!(
+            "{edge}  websocket_idle_timeout: 0\n{backend}  websocket_idle_timeout: soon\n"
+        ));
+        assert!(
+            text.contains("t.yaml: edge.websocket_idle_timeout: must be more than 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t.yaml: backend.websocket_idle_timeout: invalid duration"),
+            "{text}"
+        );
     }
 
     #[test]

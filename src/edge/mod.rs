@@ -13,6 +13,7 @@ use crate::frontdoor::FrontDoor;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use crate::request::{self, RequestState, X_REQUEST_ID};
+use crate::websocket;
 use async_trait::async_trait;
 use backends::BackendList;
 use bytes::Bytes;
@@ -79,6 +80,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx.request.identify(session, false);
                 ctx.request.site = admitted.site;
                 ctx.request.client_slot = admitted.client_slot;
+                ctx.request.websocket = admitted.websocket;
                 Ok(false)
             }
             None => Ok(true),
@@ -87,13 +89,13 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         self.front_door
-            .check_body(&mut ctx.request.body_received, body.as_ref())
+            .check_body(session, &mut ctx.request.body_received, body.as_ref())
     }
 
     async fn upstream_peer(
@@ -108,6 +110,11 @@ impl ProxyHttp for EdgeProxy {
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
         self.upstream.apply_to(&mut peer.options);
+        if ctx.request.websocket {
+            // The upstream side of the socket's idle timer (see FrontDoor). It also bounds the
+            // wait for the 101, which Pingora reads with the same timeout.
+            peer.options.read_timeout = Some(self.front_door.websocket_idle_timeout());
+        }
         ctx.request.upstream_chosen();
         Ok(Box::new(peer))
     }
@@ -189,6 +196,10 @@ impl ProxyHttp for EdgeProxy {
         !ctx.avoid.is_empty()
     }
 
+    fn suppress_error_log(&self, session: &Session, _ctx: &EdgeCtx, error: &Error) -> bool {
+        websocket::closed_for_idleness(session, error)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -203,11 +214,17 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         ctx.request.upstream_answered();
+        // The status first: it is all an ordinary response costs.
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && session.is_upgrade(upstream_response) == Some(true)
+        {
+            ctx.request.open_websocket = Some(self.metrics.websocket_opened());
+        }
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 //! its guard drops, also when a test panics.
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod websocket;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
