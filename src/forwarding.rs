@@ -50,6 +50,18 @@ pub fn to_origin_form(req: &mut RequestHeader) -> Result<()> {
     req.insert_header(http::header::HOST, authority)
 }
 
+/// `https` for a request that came over TLS (HTTP/1.1 or HTTP/2), otherwise `http`.
+pub fn scheme(session: &pingora::proxy::Session) -> &'static str {
+    let tls = session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some());
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The client's IP as the listening socket saw it.
 pub fn client_ip(session: &pingora::proxy::Session) -> Option<IpAddr> {
     session

@@ -254,6 +254,17 @@ mod tests {
     }
 
     #[test]
+    fn http2_requests_name_their_site_by_authority() {
+        // What Pingora makes of an HTTP/2 request: an absolute URI from :scheme and
+        // :authority, no Host header.
+        let mut req = RequestHeader::build("GET", b"/p", None).unwrap();
+        req.set_version(http::Version::HTTP_2);
+        req.set_uri("https://Alpha.Example:8443/p?q=1".parse().unwrap());
+        assert!(req.headers.get(http::header::HOST).is_none());
+        assert_eq!(site_of_request(&req, false).unwrap(), "alpha.example");
+    }
+
+    #[test]
     fn host_header_must_be_single() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         assert_eq!(site_of_request(&req, false), Err(HostError::Missing));

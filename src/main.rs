@@ -12,10 +12,12 @@ mod edge;
 mod forwarding;
 mod frontdoor;
 mod host;
+mod logging;
 mod metrics;
 mod pages;
 mod preview;
 mod request;
+mod tls;
 mod websocket;
 
 use clap::Parser;
@@ -30,9 +32,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("herald=info,warn"))
-        .format_timestamp_millis()
-        .init();
+    logging::init();
 
     if let Some(cli::Command::Placement {
         conf,
@@ -59,8 +59,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
+        for warning in &config.warnings {
+            eprintln!("{warning}");
+        }
         println!("{}: configuration OK", cli.conf);
         return ExitCode::SUCCESS;
+    }
+    for warning in &config.warnings {
+        log::warn!("{warning}");
     }
 
     let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), config.server);

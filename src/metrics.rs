@@ -207,6 +207,10 @@ pub fn register_all() {
     Lazy::force(&CONFIG_RELOADS);
     Lazy::force(&UPSTREAM_CONNECT_FAILURES);
     Lazy::force(&BACKEND_REQUESTS);
+    Lazy::force(&TLS_HANDSHAKE_RESULTS);
+    Lazy::force(&TLS_CERTIFICATES_LOADED);
+    Lazy::force(&TLS_CERTIFICATES_INVALID);
+    Lazy::force(&TLS_SOONEST_EXPIRY);
 }
 
 static BACKEND_UP: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
@@ -353,3 +357,50 @@ pub static APPS_RUNNING: Lazy<IntGauge> = Lazy::new(|| {
     )
     .expect("metric registers once")
 });
+
+static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_tls_handshakes_total",
+        "TLS handshakes on the edge, by result (ok, failed: old protocol, no shared cipher or ALPN protocol, no certificate, not TLS, timeout)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+static TLS_CERTIFICATES_LOADED: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_tls_certificates_loaded",
+        "Certificate pairs the edge serves (certs_dir and the default pair)"
+    )
+    .expect("metric registers once")
+});
+
+static TLS_CERTIFICATES_INVALID: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_tls_certificates_invalid",
+        "Certificate pairs whose files could not be loaded when last read (skipped, or their last good version still served)"
+    )
+    .expect("metric registers once")
+});
+
+static TLS_SOONEST_EXPIRY: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_tls_certificate_expiry_soonest_timestamp_seconds",
+        "The soonest notAfter among the certificates served, in seconds since the epoch (0: none loaded)"
+    )
+    .expect("metric registers once")
+});
+
+/// `herald_tls_handshakes_total` for `failed` and `ok`, looked up once.
+static TLS_HANDSHAKE_RESULTS: Lazy<[IntCounter; 2]> =
+    Lazy::new(|| ["failed", "ok"].map(|result| TLS_HANDSHAKES.with_label_values(&[result])));
+
+pub fn tls_handshake(ok: bool) {
+    TLS_HANDSHAKE_RESULTS[usize::from(ok)].inc();
+}
+
+pub fn set_tls_certificates(loaded: usize, invalid: usize, soonest_expiry: Option<i64>) {
+    TLS_CERTIFICATES_LOADED.set(i64::try_from(loaded).unwrap_or(i64::MAX));
+    TLS_CERTIFICATES_INVALID.set(i64::try_from(invalid).unwrap_or(i64::MAX));
+    TLS_SOONEST_EXPIRY.set(soonest_expiry.unwrap_or(0));
+}

@@ -26,7 +26,9 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
         "Hello from sleepy.localhost",
         "HTTP/1.1 502 Bad Gateway",
         "failed to start",
-        "herald_requests_total{code=\"2xx\",role=\"edge\"} 4",
+        "\"HTTP_X_FORWARDED_PROTO\": \"https\"",
+        "HTTP/2 200",
+        "herald_requests_total{code=\"2xx\",role=\"edge\"} 6",
     ] {
         assert!(
             stdout.contains(expected),

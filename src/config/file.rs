@@ -37,6 +37,17 @@ pub struct EdgeSection {
     pub error_pages: Option<String>,
     pub upstream_keepalive_timeout: Option<Scalar>,
     pub websocket_idle_timeout: Option<Scalar>,
+    pub tls: Option<TlsSection>,
+    pub h2c: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: Vec<String>,
+    pub certs_dir: Option<String>,
+    pub default_cert: Option<String>,
+    pub default_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     pub edge: Option<EdgeConfig>,
     pub backend: Option<BackendConfig>,
+    /// Things that do not stop Herald but deserve a look, as `file: field: warning: message`.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -95,6 +97,17 @@ pub struct EdgeConfig {
     /// next one.
     pub retry_idempotent: bool,
     pub upstream: UpstreamTimeouts,
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2 without TLS (prior knowledge) on the plain listeners.
+    pub h2c: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// The certificates as read when the configuration was checked; the edge keeps them
+    /// current from then on.
+    pub certificates: crate::tls::store::CertStore,
 }
 
 #[derive(Debug, Clone)]

@@ -5,9 +5,12 @@ use super::backends::{parse_backend_list, parse_backends_file};
 use super::file::{
     AccessLogSection, BackendSection, EdgeSection, FileConfig, HashName, HealthCheckName,
     HealthCheckSection, InitializerKind, InitializerSection, LimitsSection, LogFormatName, Scalar,
+    TlsSection,
 };
 use super::units::{parse_duration, parse_size};
 use super::*;
+use crate::tls::certs::PairPaths;
+use crate::tls::store::{CertStore, Event};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -84,9 +87,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     };
     let mut check = Checker {
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
-    let config = check.config(raw);
+    let mut config = check.config(raw);
     if check.problems.is_empty() {
+        config.warnings = check
+            .warnings
+            .into_iter()
+            .map(|(field, message)| format!("{file}: {field}: warning: {message}"))
+            .collect();
         Ok(config)
     } else {
         Err(ConfigError {
@@ -109,11 +118,16 @@ fn yaml_error(file: &str, error: &serde_yaml::Error) -> ConfigError {
 
 struct Checker {
     problems: Vec<(String, String)>,
+    warnings: Vec<(String, String)>,
 }
 
 impl Checker {
     fn bad(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push((field.into(), message.into()));
+    }
+
+    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push((field.into(), message.into()));
     }
 
     fn config(&mut self, raw: FileConfig) -> Config {
@@ -135,6 +149,7 @@ impl Checker {
             metrics,
             edge,
             backend,
+            warnings: Vec::new(),
         };
         self.listeners_are_distinct(&config);
         config
@@ -246,7 +261,113 @@ impl Checker {
             health_check,
             retry_idempotent: raw.retry_idempotent.unwrap_or(false),
             upstream,
+            tls: raw.tls.as_ref().and_then(|tls| self.tls(tls)),
+            h2c: raw.h2c.unwrap_or(false),
         }
+    }
+
+    /// The TLS listeners, and their certificates read now: a bad default pair is an error, a
+    /// bad pair in `certs_dir` a warning (it is skipped, and a reload must not fail because
+    /// of one site's certificate).
+    fn tls(&mut self, raw: &TlsSection) -> Option<TlsConfig> {
+        if raw.listen.is_empty() {
+            self.bad(
+                "edge.tls.listen",
+                "needs at least one address, like 0.0.0.0:443",
+            );
+        }
+        let listen = raw
+            .listen
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| self.socket_addr(&format!("edge.tls.listen[{i}]"), text))
+            .collect();
+        let problems = self.problems.len();
+        let certs_dir = raw
+            .certs_dir
+            .as_ref()
+            .map(|dir| self.existing_dir("edge.tls.certs_dir", dir));
+        let default = match (&raw.default_cert, &raw.default_key) {
+            (Some(cert), Some(key)) => {
+                self.absolute_path("edge.tls.default_cert", cert);
+                self.absolute_path("edge.tls.default_key", key);
+                Some(PairPaths {
+                    cert: PathBuf::from(cert),
+                    key: PathBuf::from(key),
+                })
+            }
+            (Some(_), None) => {
+                self.bad("edge.tls.default_key", "needed with default_cert");
+                None
+            }
+            (None, Some(_)) => {
+                self.bad("edge.tls.default_cert", "needed with default_key");
+                None
+            }
+            (None, None) => None,
+        };
+        if certs_dir.is_none() && raw.default_cert.is_none() && raw.default_key.is_none() {
+            self.bad(
+                "edge.tls",
+                "needs certs_dir, or default_cert and default_key, or both",
+            );
+        }
+        if self.problems.len() > problems {
+            // No certificate can be read from where they are said to be.
+            return None;
+        }
+        let default_paths = default.clone();
+        let (certificates, events) = match CertStore::load(certs_dir.as_deref(), default) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.bad("edge.tls.certs_dir", format!("cannot read it: {e}"));
+                return None;
+            }
+        };
+        let mut reported = Vec::new();
+        for event in events {
+            let Event::Failed { problem, .. } = event else {
+                continue;
+            };
+            // The default pair may also sit in certs_dir: one line for it is enough.
+            if reported.contains(&problem) {
+                continue;
+            }
+            reported.push(problem.clone());
+            match &default_paths {
+                Some(paths) if problem.file == paths.key => {
+                    self.bad("edge.tls.default_key", problem.to_string())
+                }
+                Some(paths) if problem.file == paths.cert => {
+                    self.bad("edge.tls.default_cert", problem.to_string())
+                }
+                _ => self.warn(
+                    "edge.tls.certs_dir",
+                    format!("{problem}; this pair is skipped"),
+                ),
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let expired: Vec<String> = certificates
+            .served()
+            .filter(|(_, pair)| pair.not_after < now)
+            .map(|(cert, pair)| format!("{}: expired on {}", cert.display(), pair.not_after_text))
+            .collect();
+        for message in expired {
+            self.warn("edge.tls", message);
+        }
+        if certificates.summary().loaded == 0 {
+            self.warn(
+                "edge.tls",
+                "no certificate yet: TLS handshakes fail until a pair is added to certs_dir",
+            );
+        }
+        Some(TlsConfig {
+            listen,
+            certificates,
+        })
     }
 
     fn health_check(
@@ -730,6 +851,12 @@ impl Checker {
         path
     }
 
+    fn absolute_path(&mut self, field: &str, text: &str) {
+        if !Path::new(text).is_absolute() {
+            self.bad(field, format!("{text:?} must be an absolute path"));
+        }
+    }
+
     fn absolute_file_in_existing_dir(&mut self, field: &str, text: &str) {
         let path = Path::new(text);
         if !path.is_absolute() {
@@ -796,6 +923,10 @@ impl Checker {
             for (i, addr) in frontend.iter().flat_map(|f| f.listen.iter()).enumerate() {
                 claim(format!("{role}.listen[{i}]"), *addr, &mut self.problems);
             }
+        }
+        let tls = config.edge.as_ref().and_then(|e| e.tls.as_ref());
+        for (i, addr) in tls.iter().flat_map(|t| t.listen.iter()).enumerate() {
+            claim(format!("edge.tls.listen[{i}]"), *addr, &mut self.problems);
         }
         if let Some(metrics) = &config.metrics {
             claim("metrics.listen".into(), metrics.listen, &mut self.problems);

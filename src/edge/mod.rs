@@ -131,7 +131,7 @@ impl ProxyHttp for EdgeProxy {
         forwarding::replace_forwarding_headers(
             upstream_request,
             forwarding::client_ip(session),
-            "http",
+            forwarding::scheme(session),
         )
     }
 
@@ -282,7 +282,18 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
     for addr in &config.frontend.listen {
         service.add_tcp(&addr.to_string());
     }
+    let certificates = config
+        .tls
+        .as_ref()
+        .map(|tls| crate::tls::listen(&mut service, tls));
+    service
+        .app_logic_mut()
+        .expect("a proxy service has its proxy")
+        .server_options = Some(http_server_options(config));
     let proxy_handle = server.add_service(service);
+    if let Some(certificates) = certificates {
+        server.add_service(certificates);
+    }
 
     let balancer_service =
         GenBackgroundService::new("herald edge backends".into(), placement.balancer().clone());
@@ -290,3 +301,17 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
     // The ring is built by the balancer's first update; the proxy waits for it.
     proxy_handle.add_dependency(&balancer_handle);
 }
+
+/// How the edge speaks HTTP/2: prior-knowledge h2c on its plain listeners when configured (on
+/// TLS, ALPN decides), and idle HTTP/2 connections closed after the keep-alive timeout, as
+/// idle HTTP/1.1 ones are.
+fn http_server_options(config: &EdgeConfig) -> pingora::apps::HttpServerOptions {
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = config.h2c;
+    // Pingora closes an HTTP/2 connection with a zero idle timeout as soon as it has no stream,
+    // possibly before the first request is read: a second is the least that is safe.
+    options.h2_idle_timeout = Some(config.frontend.keepalive_timeout.max(MIN_H2_IDLE_TIMEOUT));
+    options
+}
+
+const MIN_H2_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);

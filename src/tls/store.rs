@@ -1,0 +1,334 @@
+//! The certificates on disk: every `NAME.crt` + `NAME.key` in `certs_dir`, and the default
+//! pair. A rescan stats every file and re-reads only the pairs whose files changed (device,
+//! inode, size or modification time: a certbot-style symlink pointing somewhere new counts),
+//! so it is cheap enough to run every second. A pair that fails to load keeps serving the
+//! certificate it last loaded, so a pair caught half-written never drops its sites.
+
+use super::certs::{load_pair, LoadedPair, PairPaths, PairProblem};
+use super::resolver::{CertIndex, Entry};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What identifies one version of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    /// Follows symlinks: a link that now points at a renewed file is a change.
+    fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        })
+    }
+}
+
+/// One pair's files, and what was made of them.
+#[derive(Debug, Clone)]
+struct PairState {
+    paths: PairPaths,
+    /// The files as they were when last read (`None` inside: missing); `None`: never read.
+    read: Option<(Option<FileStamp>, Option<FileStamp>)>,
+    /// The last version that loaded; kept while the files are being rewritten or are broken.
+    good: Option<Arc<LoadedPair>>,
+    /// Why the files, as last read, cannot be served.
+    problem: Option<PairProblem>,
+}
+
+impl PairState {
+    fn new(paths: PairPaths) -> Self {
+        PairState {
+            paths,
+            read: None,
+            good: None,
+            problem: None,
+        }
+    }
+
+    fn stamps(&self) -> (Option<FileStamp>, Option<FileStamp>) {
+        (
+            FileStamp::of(&self.paths.cert),
+            FileStamp::of(&self.paths.key),
+        )
+    }
+
+    /// Reads the pair again if its files changed since the last read.
+    fn refresh(&mut self, needs_names: bool) -> Option<Event> {
+        // Stamped before reading: a write that lands while we read changes the stamp again,
+        // and the next rescan reads the finished file.
+        let stamps = self.stamps();
+        if self.read == Some(stamps) {
+            return None;
+        }
+        self.read = Some(stamps);
+        let loaded = load_pair(&self.paths).and_then(|pair| {
+            if needs_names && pair.names.is_empty() {
+                Err(PairProblem {
+                    file: self.paths.cert.clone(),
+                    reason: "the certificate carries no DNS name (subjectAltName); browsers ignore its common name".into(),
+                })
+            } else {
+                Ok(pair)
+            }
+        });
+        Some(match loaded {
+            Ok(pair) => {
+                let pair = Arc::new(pair);
+                let replaced = self.good.replace(pair.clone()).is_some();
+                self.problem = None;
+                Event::Loaded {
+                    cert: self.paths.cert.clone(),
+                    pair,
+                    replaced,
+                }
+            }
+            Err(problem) => {
+                self.problem = Some(problem.clone());
+                Event::Failed {
+                    problem,
+                    keeps_previous: self.good.is_some(),
+                }
+            }
+        })
+    }
+}
+
+/// What a rescan did, for the log.
+#[derive(Debug)]
+pub enum Event {
+    Loaded {
+        cert: PathBuf,
+        pair: Arc<LoadedPair>,
+        replaced: bool,
+    },
+    Failed {
+        problem: PairProblem,
+        keeps_previous: bool,
+    },
+    Removed {
+        cert: PathBuf,
+    },
+    DirUnreadable {
+        dir: PathBuf,
+        reason: String,
+    },
+    DirReadable {
+        dir: PathBuf,
+    },
+}
+
+impl Event {
+    /// Whether it is a problem (logged as a warning) rather than news.
+    pub fn is_problem(&self) -> bool {
+        matches!(self, Event::Failed { .. } | Event::DirUnreadable { .. })
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Loaded {
+                cert,
+                pair,
+                replaced,
+            } => write!(
+                f,
+                "certificate {} {}: {}, expires {}",
+                cert.display(),
+                if *replaced { "reloaded" } else { "loaded" },
+                if pair.names.is_empty() {
+                    "no DNS names".to_owned()
+                } else {
+                    pair.names.join(" ")
+                },
+                pair.not_after_text
+            ),
+            Event::Failed {
+                problem,
+                keeps_previous,
+            } => write!(
+                f,
+                "{problem}; {}",
+                if *keeps_previous {
+                    "still serving the certificate it last loaded"
+                } else {
+                    "the pair is skipped"
+                }
+            ),
+            Event::Removed { cert } => write!(f, "certificate {} removed", cert.display()),
+            Event::DirUnreadable { dir, reason } => write!(
+                f,
+                "cannot read certs_dir {}: {reason}; keeping the certificates already loaded",
+                dir.display()
+            ),
+            Event::DirReadable { dir } => {
+                write!(f, "certs_dir {} can be read again", dir.display())
+            }
+        }
+    }
+}
+
+/// Counts for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Distinct pairs being served.
+    pub loaded: usize,
+    /// Pairs whose files, as last read, cannot be served.
+    pub invalid: usize,
+    /// The soonest notAfter among the pairs being served.
+    pub soonest_expiry: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertStore {
+    dir: Option<PathBuf>,
+    default: Option<PairState>,
+    /// By file name without `.crt`, so pairs are read and indexed in a stable order.
+    pairs: BTreeMap<String, PairState>,
+    dir_problem: Option<String>,
+}
+
+impl CertStore {
+    /// Reads every pair. `Err` only when `dir` cannot be listed; a bad pair is in the events.
+    pub fn load(
+        dir: Option<&Path>,
+        default: Option<PairPaths>,
+    ) -> Result<(CertStore, Vec<Event>), String> {
+        let mut store = CertStore {
+            dir: dir.map(Path::to_owned),
+            default: default.map(PairState::new),
+            pairs: BTreeMap::new(),
+            dir_problem: None,
+        };
+        let events = store.rescan();
+        match store.dir_problem.take() {
+            Some(problem) => Err(problem),
+            None => Ok((store, events)),
+        }
+    }
+
+    /// Brings the store up to date with the files; `events` is empty when nothing changed.
+    pub fn rescan(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        if let Some(event) = self.default.as_mut().and_then(|d| d.refresh(false)) {
+            events.push(event);
+        }
+        let Some(dir) = self.dir.clone() else {
+            return events;
+        };
+        let stems = match list_pairs(&dir) {
+            Ok(stems) => {
+                if self.dir_problem.take().is_some() {
+                    events.push(Event::DirReadable { dir: dir.clone() });
+                }
+                stems
+            }
+            Err(reason) => {
+                if self.dir_problem.as_ref() != Some(&reason) {
+                    self.dir_problem = Some(reason.clone());
+                    events.push(Event::DirUnreadable { dir, reason });
+                }
+                return events;
+            }
+        };
+        self.pairs.retain(|stem, state| {
+            let kept = stems.contains(stem);
+            if !kept {
+                events.push(Event::Removed {
+                    cert: state.paths.cert.clone(),
+                });
+            }
+            kept
+        });
+        for stem in stems {
+            let state = self.pairs.entry(stem).or_insert_with_key(|stem| {
+                PairState::new(PairPaths {
+                    cert: dir.join(format!("{stem}.crt")),
+                    key: dir.join(format!("{stem}.key")),
+                })
+            });
+            events.extend(state.refresh(true));
+        }
+        events
+    }
+
+    /// Whether `state` is the default pair itself, found again in `certs_dir`.
+    fn is_default(&self, state: &PairState) -> bool {
+        let file = |state: &PairState| state.read.and_then(|(cert, _)| cert);
+        match (self.default.as_ref().and_then(file), file(state)) {
+            (Some(default), Some(cert)) => default.dev == cert.dev && default.ino == cert.ino,
+            _ => false,
+        }
+    }
+
+    fn default_pair(&self) -> Option<&LoadedPair> {
+        self.default.as_ref().and_then(|d| d.good.as_deref())
+    }
+
+    /// The pairs of `certs_dir` being served, apart from the default pair.
+    fn dir_pairs(&self) -> impl Iterator<Item = &PairState> {
+        self.pairs.values().filter(|state| !self.is_default(state))
+    }
+
+    /// Every pair being served (the default first), with its certificate file.
+    pub fn served(&self) -> impl Iterator<Item = (&Path, &LoadedPair)> {
+        self.default
+            .iter()
+            .chain(self.dir_pairs())
+            .filter_map(|state| Some((state.paths.cert.as_path(), state.good.as_deref()?)))
+    }
+
+    /// What the resolver serves from now on.
+    pub fn index(&self) -> CertIndex {
+        CertIndex::build(
+            self.default_pair().map(Entry::from),
+            self.dir_pairs()
+                .filter_map(|state| state.good.as_deref())
+                .map(Entry::from),
+        )
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            loaded: self.served().count(),
+            invalid: self
+                .default
+                .iter()
+                .chain(self.dir_pairs())
+                .filter(|state| state.problem.is_some())
+                .count(),
+            soonest_expiry: self.served().map(|(_, pair)| pair.not_after).min(),
+        }
+    }
+}
+
+/// The names of the `.crt` files in `dir`, without `.crt`. Hidden files (editor and
+/// temporary files) are left out; `NAME.key` is looked for when the pair is read.
+fn list_pairs(dir: &Path) -> Result<Vec<String>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
+    let mut stems = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(|e| e.to_string())?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".crt") {
+            if !stem.is_empty() && !stem.starts_with('.') {
+                stems.push(stem.to_owned());
+            }
+        }
+    }
+    stems.sort();
+    Ok(stems)
+}
