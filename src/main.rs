@@ -16,6 +16,7 @@ mod metrics;
 mod pages;
 mod preview;
 mod request;
+mod site_name;
 
 use clap::Parser;
 use config::Config;
