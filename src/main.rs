@@ -12,10 +12,13 @@ mod edge;
 mod forwarding;
 mod frontdoor;
 mod host;
+mod listener;
 mod metrics;
 mod pages;
+mod per_client;
 mod preview;
 mod request;
+mod request_checks;
 mod site_name;
 
 use clap::Parser;

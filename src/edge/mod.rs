@@ -9,7 +9,8 @@ pub mod placement;
 use crate::access_log::AccessLog;
 use crate::config::{EdgeConfig, UpstreamTimeouts};
 use crate::forwarding;
-use crate::frontdoor::FrontDoor;
+use crate::frontdoor::{self, FrontDoor};
+use crate::listener;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use crate::request::{self, RequestState, X_REQUEST_ID};
@@ -70,6 +71,10 @@ impl ProxyHttp for EdgeProxy {
             tried: Vec::new(),
             avoid: Vec::new(),
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut EdgeCtx) -> Result<()> {
+        self.front_door.screen(session)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
@@ -178,6 +183,12 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
+    /// Requests refused for what the client sent are in the access log and the metrics; one
+    /// error line each would let any client fill the error log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &EdgeCtx, error: &Error) -> bool {
+        frontdoor::is_refusal(error)
+    }
+
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
@@ -260,8 +271,8 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         backend_requests: metrics::BackendRequests::default(),
         access_log: AccessLog::for_role("edge", &config.frontend),
     };
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "herald edge");
+    let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut service = listener::service("herald edge", "edge", proxy, &config.frontend);
     for addr in &config.frontend.listen {
         service.add_tcp(&addr.to_string());
     }
