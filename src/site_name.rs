@@ -136,6 +136,7 @@ fn parse_ipv6_literal(raw: &[u8], allow_ip: bool) -> Result<String, HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn site(raw: &str) -> Result<String, HostError> {
         parse_site(raw.as_bytes(), false)
@@ -217,5 +218,75 @@ mod tests {
         assert_eq!(parse_site(b"[::1]:80", true).unwrap(), "::1");
         assert_eq!(parse_site(b"[0:0::1]", true).unwrap(), "::1");
         assert_eq!(parse_site(b"127.1", true), Err(HostError::IpLiteral));
+    }
+
+    /// What a DNS name is, written apart from the parser: labels of 1-63 of [a-z0-9-], not
+    /// starting or ending with '-', 253 characters at most, lowercase.
+    fn is_dns_name(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    }
+
+    /// A valid DNS name in random case, with or without a trailing dot and a port.
+    fn dns_names() -> impl Strategy<Value = (String, String)> {
+        let label = "[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?";
+        (
+            proptest::collection::vec(proptest::string::string_regex(label).unwrap(), 1..5),
+            "[a-zA-Z][a-zA-Z0-9]{0,10}",
+            any::<bool>(),
+            proptest::option::of(any::<u16>()),
+        )
+            .prop_filter_map("at most 253 characters", |(labels, tld, dot, port)| {
+                let name = format!("{}.{tld}", labels.join("."));
+                let mut raw = name.clone();
+                if dot {
+                    raw.push('.');
+                }
+                if let Some(port) = port {
+                    raw.push_str(&format!(":{port}"));
+                }
+                (name.len() <= 253).then(|| (raw, name.to_ascii_lowercase()))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn any_bytes_give_a_dns_name_or_an_error(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(name) = parse_site(&raw, false) {
+                prop_assert!(is_dns_name(&name), "{:?} gave {:?}", raw, name);
+            }
+        }
+
+        #[test]
+        fn host_like_text_gives_a_dns_name_or_an_error(raw in "[a-zA-Z0-9.:\\-\\[\\]_/%@ ]{0,80}") {
+            if let Ok(name) = parse_site(raw.as_bytes(), false) {
+                prop_assert!(is_dns_name(&name), "{:?} gave {:?}", raw, name);
+            }
+        }
+
+        #[test]
+        fn with_ip_hosts_a_name_is_dns_or_a_canonical_ip(raw in "[0-9a-fA-F.:\\[\\]]{0,50}|[a-z0-9.:-]{0,40}") {
+            if let Ok(name) = parse_site(raw.as_bytes(), true) {
+                let canonical_ip = name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_string() == name);
+                prop_assert!(is_dns_name(&name) || canonical_ip, "{:?} gave {:?}", raw, name);
+                prop_assert!(!name.contains('/'));
+            }
+        }
+
+        #[test]
+        fn every_dns_name_is_accepted_as_itself((raw, name) in dns_names()) {
+            prop_assert_eq!(parse_site(raw.as_bytes(), false), Ok(name));
+        }
     }
 }
