@@ -1,18 +1,19 @@
-//! What both roles check before a request goes anywhere: which site it is for, whether its
-//! client already has too many requests in progress, and whether its body is within limits.
+//! What both roles check before a request goes anywhere: whether its header is sound
+//! (`screen`, before any other hook), then which site it is for, whether its client already
+//! has too many requests in progress, and whether its body is within limits (`admit`).
 //! A request that fails is answered here. A WebSocket handshake is recognised here too, and
 //! gets the WebSocket idle timeout instead of the body timeout.
 
 use crate::config::Frontend;
 use crate::pages::{self, ErrorPages};
-use crate::{forwarding, host, websocket};
+use crate::per_client::{ClientLimiter, ClientSlot};
+use crate::request_checks::{self, HeaderLimits};
+use crate::{forwarding, host, listener, websocket};
 use bytes::Bytes;
 use log::debug;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct FrontDoor {
@@ -23,6 +24,8 @@ pub struct FrontDoor {
     max_body: Option<u64>,
     body_timeout: Duration,
     websocket_idle: Duration,
+    send_timeout: Duration,
+    header_limits: HeaderLimits,
     per_client: Option<Arc<ClientLimiter>>,
     pages: ErrorPages,
 }
@@ -54,13 +57,47 @@ impl FrontDoor {
             max_body: frontend.client_max_body_size,
             body_timeout: frontend.client_body_timeout,
             websocket_idle: frontend.websocket_idle_timeout,
-            per_client: frontend.max_connections_per_client.map(|limit| {
-                Arc::new(ClientLimiter {
-                    limit,
-                    in_progress: Mutex::new(HashMap::new()),
-                })
-            }),
+            send_timeout: frontend.send_timeout,
+            header_limits: frontend.header_limits,
+            per_client: frontend.max_connections_per_client.map(ClientLimiter::new),
         }
+    }
+
+    /// The first look at a request, as soon as its header is in and before anything is done
+    /// with it (`early_request_filter`): framing and sizes (`request_checks`). A request that
+    /// fails gets an error with its status, which the role's `fail_to_proxy` answers with a
+    /// page and which closes the connection.
+    pub fn screen(&self, session: &mut Session) -> Result<()> {
+        listener::header_received();
+        // nginx's send_timeout, for every answer, error pages included.
+        session.set_write_timeout(Some(self.send_timeout));
+        let downstream = session.as_downstream();
+        let verdict = match downstream.as_http1() {
+            Some(h1) => {
+                request_checks::check_h1_head(&h1.get_headers_raw_bytes(), &self.header_limits)
+            }
+            // HTTP/2 frames the body itself; only the sizes apply.
+            None => {
+                let req = downstream.req_header();
+                let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+                let fields = req
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+                request_checks::check_field_sizes(target, fields, &self.header_limits)
+            }
+        };
+        verdict.map_err(|rejection| {
+            debug!(
+                "{} for {:?}: {}",
+                rejection.status(),
+                forwarding::client_ip(session),
+                rejection.reason()
+            );
+            let mut e = Error::explain(HTTPStatus(rejection.status()), rejection.reason());
+            e.as_down();
+            e
+        })
     }
 
     /// The role's error pages (the operator's, or the built-in ones).
@@ -78,7 +115,11 @@ impl FrontDoor {
 
     /// The site the request is for, or `None` once the request has been answered.
     pub async fn admit(&self, session: &mut Session) -> Result<Option<Admitted>> {
-        session.set_keepalive(self.keepalive);
+        // Only where Pingora would keep the connection: it has already decided to close after
+        // an HTTP/1.0 request without keep-alive, or a `Connection: close`.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(self.keepalive);
+        }
         session.set_read_timeout(Some(self.body_timeout));
         let site = match host::site_of_request(session.req_header(), self.allow_ip_hosts) {
             Ok(site) => site,
@@ -140,88 +181,31 @@ impl FrontDoor {
         }
         *received += chunk.map_or(0, |c| c.len() as u64);
         match self.max_body {
-            Some(max) if *received > max => Error::e_explain(
-                HTTPStatus(413),
-                "request body larger than client_max_body_size",
-            ),
+            Some(max) if *received > max => {
+                let mut e = Error::explain(
+                    HTTPStatus(413),
+                    "request body larger than client_max_body_size",
+                );
+                e.as_down();
+                Err(e)
+            }
             _ => Ok(()),
         }
     }
 }
 
+/// The body size a request announces. `screen` has refused any Content-Length but a single
+/// one of digits, so this is the one the upstream will read too.
 fn declared_length(session: &Session) -> Option<u64> {
     session
         .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| request_checks::parse_content_length(v.as_bytes()))
 }
 
-/// Requests in progress per client IP, as nginx's `limit_conn` counts connections: only
-/// those with a request being processed.
-pub struct ClientLimiter {
-    limit: usize,
-    in_progress: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl ClientLimiter {
-    fn try_enter(limiter: &Arc<ClientLimiter>, ip: IpAddr) -> Option<ClientSlot> {
-        let mut in_progress = limiter.in_progress.lock().expect("limiter lock");
-        let count = in_progress.entry(ip).or_default();
-        if *count >= limiter.limit {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            limiter: limiter.clone(),
-            ip,
-        })
-    }
-}
-
-/// One request's place in its client's count, given back when the request ends.
-pub struct ClientSlot {
-    limiter: Arc<ClientLimiter>,
-    ip: IpAddr,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut in_progress = self.limiter.in_progress.lock().expect("limiter lock");
-        if let Some(count) = in_progress.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                in_progress.remove(&self.ip);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_client_gets_its_limit_and_slots_come_back() {
-        let limiter = Arc::new(ClientLimiter {
-            limit: 2,
-            in_progress: Mutex::new(HashMap::new()),
-        });
-        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let first = ClientLimiter::try_enter(&limiter, a).unwrap();
-        let _second = ClientLimiter::try_enter(&limiter, a).unwrap();
-        assert!(ClientLimiter::try_enter(&limiter, a).is_none());
-        assert!(
-            ClientLimiter::try_enter(&limiter, b).is_some(),
-            "other clients are counted apart"
-        );
-        drop(first);
-        assert!(ClientLimiter::try_enter(&limiter, a).is_some());
-        drop(_second);
-        assert!(
-            limiter.in_progress.lock().unwrap().is_empty(),
-            "no entry is left for idle clients"
-        );
-    }
+/// Whether `e` is a request Herald refused for what the client sent (`screen`, `check_body`):
+/// worth a debug line and the access log, not Pingora's error log.
+pub fn is_refusal(e: &Error) -> bool {
+    matches!(e.etype(), HTTPStatus(_)) && e.esource() == &ErrorSource::Downstream
 }

@@ -12,11 +12,15 @@ mod edge;
 mod forwarding;
 mod frontdoor;
 mod host;
+mod listener;
 mod logging;
 mod metrics;
 mod pages;
+mod per_client;
 mod preview;
 mod request;
+mod request_checks;
+mod site_name;
 mod tls;
 mod websocket;
 

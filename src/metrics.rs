@@ -404,3 +404,45 @@ pub fn set_tls_certificates(loaded: usize, invalid: usize, soonest_expiry: Optio
     TLS_CERTIFICATES_INVALID.set(i64::try_from(invalid).unwrap_or(i64::MAX));
     TLS_SOONEST_EXPIRY.set(soonest_expiry.unwrap_or(0));
 }
+
+static CLIENT_CONNECTIONS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "herald_client_connections",
+        "Client connections open now, by role (idle keep-alive and half-sent headers included)",
+        &["role"]
+    )
+    .expect("metric registers once")
+});
+
+static CLIENT_CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_client_connections_refused_total",
+        "Client connections closed at once because their address held max_open_connections_per_client",
+        &["role"]
+    )
+    .expect("metric registers once")
+});
+
+static CLIENT_HEADER_TIMEOUTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_client_header_timeouts_total",
+        "Client connections closed because a request header did not arrive within client_header_timeout",
+        &["role"]
+    )
+    .expect("metric registers once")
+});
+
+/// `herald_client_connections` of `role`.
+pub fn open_connections(role: &str) -> IntGauge {
+    CLIENT_CONNECTIONS.with_label_values(&[role])
+}
+
+/// `herald_client_connections_refused_total` of `role`.
+pub fn refused_connections(role: &str) -> IntCounter {
+    CLIENT_CONNECTIONS_REFUSED.with_label_values(&[role])
+}
+
+/// `herald_client_header_timeouts_total` of `role`.
+pub fn header_timeouts(role: &str) -> IntCounter {
+    CLIENT_HEADER_TIMEOUTS.with_label_values(&[role])
+}

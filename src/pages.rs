@@ -51,6 +51,26 @@ pub const REQUEST_TIMEOUT: Page = page!(
     "408 Request Timeout",
     "The request body did not arrive in time."
 );
+pub const LENGTH_REQUIRED: Page = page!(
+    411,
+    "411 Length Required",
+    "This server needs to know the size of a request body before it arrives: send it with a Content-Length header, not in chunks (Transfer-Encoding: chunked)."
+);
+pub const URI_TOO_LONG: Page = page!(
+    414,
+    "414 URI Too Long",
+    "The address (URL) of this request is longer than this server accepts."
+);
+pub const HEADER_TOO_LARGE: Page = page!(
+    431,
+    "431 Request Header Fields Too Large",
+    "The headers of this request are larger than this server accepts. Clearing this site's cookies may help."
+);
+pub const NOT_IMPLEMENTED: Page = page!(
+    501,
+    "501 Not Implemented",
+    "This request uses a transfer coding this server does not support."
+);
 pub const TOO_MANY_CONNECTIONS: Page = page!(
     429,
     "429 Too Many Requests",
@@ -117,8 +137,12 @@ pub fn for_status(status: u16) -> &'static Page {
     match status {
         400 => &BAD_REQUEST,
         408 => &REQUEST_TIMEOUT,
+        411 => &LENGTH_REQUIRED,
         413 => &BODY_TOO_LARGE,
+        414 => &URI_TOO_LONG,
         429 => &TOO_MANY_CONNECTIONS,
+        431 => &HEADER_TOO_LARGE,
+        501 => &NOT_IMPLEMENTED,
         502 => &APP_UNAVAILABLE,
         503 => &UNAVAILABLE,
         504 => &TIMEOUT,
@@ -127,7 +151,9 @@ pub fn for_status(status: u16) -> &'static Page {
 }
 
 /// Statuses whose page an operator may replace with `NNN.html` in `error_pages`.
-const OVERRIDABLE: [u16; 9] = [400, 404, 408, 413, 429, 500, 502, 503, 504];
+const OVERRIDABLE: [u16; 13] = [
+    400, 404, 408, 411, 413, 414, 429, 431, 500, 501, 502, 503, 504,
+];
 
 /// The pages a role answers with: the built-in ones, or the operator's `NNN.html` files.
 #[derive(Default)]
@@ -244,12 +270,26 @@ pub fn status_of_error(e: &Error) -> u16 {
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => 0,
+                // Gone, or not reading (send_timeout): no answer can reach it.
+                WriteError | WriteTimedout | ReadError | ConnectionClosed => 0,
                 // client_body_timeout, as nginx answers it
                 ReadTimedout => 408,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_herald_answers_with_has_its_own_page() {
+        for status in OVERRIDABLE.into_iter().filter(|s| *s != 404) {
+            assert_eq!(for_status(status).status, status);
+        }
+        assert_eq!(UNKNOWN_SITE.status, 404);
     }
 }

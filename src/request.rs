@@ -2,8 +2,8 @@
 
 use crate::access_log::{self, AccessLog, Facts};
 use crate::forwarding;
-use crate::frontdoor::ClientSlot;
 use crate::metrics::{InProgress, OpenWebSocket};
+use crate::per_client::ClientSlot;
 use pingora::proxy::Session;
 use std::time::{Duration, Instant};
 

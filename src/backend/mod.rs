@@ -14,7 +14,8 @@ use crate::access_log::AccessLog;
 use crate::cidr::Cidr;
 use crate::config::{BackendConfig, UpstreamTimeouts};
 use crate::forwarding;
-use crate::frontdoor::FrontDoor;
+use crate::frontdoor::{self, FrontDoor};
+use crate::listener;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use crate::request::{self, RequestState, X_REQUEST_ID};
@@ -135,6 +136,14 @@ impl ProxyHttp for BackendProxy {
             busy_since: None,
             busy_pause: None,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut BackendCtx,
+    ) -> Result<()> {
+        self.front_door.screen(session)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut BackendCtx) -> Result<bool> {
@@ -268,6 +277,13 @@ impl ProxyHttp for BackendProxy {
         e
     }
 
+    /// Requests refused for what the client sent are in the access log and the metrics; one
+    /// error line each would let any client fill the error log. The end of an idle WebSocket
+    /// is normal (the access log has it).
+    fn suppress_error_log(&self, session: &Session, _ctx: &BackendCtx, error: &Error) -> bool {
+        frontdoor::is_refusal(error) || websocket::closed_for_idleness(session, error)
+    }
+
     /// A connect that failed because the app is not running is retried after starting it:
     /// expected, so not worth Pingora's warning.
     fn suppress_proxy_warn_log(
@@ -316,10 +332,6 @@ impl ProxyHttp for BackendProxy {
             }
             _ => e,
         }
-    }
-
-    fn suppress_error_log(&self, session: &Session, _ctx: &BackendCtx, error: &Error) -> bool {
-        websocket::closed_for_idleness(session, error)
     }
 
     async fn fail_to_proxy(
@@ -404,11 +416,8 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         starter,
         max_attempts: server.configuration.max_retries,
     };
-    let mut service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy,
-        "herald backend",
-    );
+    let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut service = listener::service("herald backend", "backend", proxy, &config.frontend);
     for addr in &config.frontend.listen {
         service.add_tcp(&addr.to_string());
     }

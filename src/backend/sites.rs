@@ -57,4 +57,52 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a client puts in Host, an accepted site's vassal file and socket are in
+        /// their directories (compared canonically, with the directories on disk).
+        #[test]
+        fn no_accepted_name_leaves_its_directory(
+            raw in "[a-zA-Z0-9.:\\-\\[\\]_/%\\\\ ]{0,80}|\\PC{0,40}",
+            allow_ip in proptest::prelude::any::<bool>(),
+        ) {
+            let (sites_dir, sockets_dir, sites) = fixture();
+            if let Ok(site) = parse_site(raw.as_bytes(), allow_ip) {
+                let vassal = sites.vassal_file(&site);
+                let socket = PathBuf::from(sites.socket_path(&site));
+                for (path, dir, name) in [
+                    (&vassal, sites_dir, format!("{site}.ini")),
+                    (&socket, sockets_dir, format!("{site}.sock")),
+                ] {
+                    let parent = path.parent().unwrap().canonicalize().unwrap();
+                    proptest::prop_assert_eq!(&parent, &dir.canonicalize().unwrap(), "{:?}", raw);
+                    proptest::prop_assert_eq!(path.file_name().unwrap().to_str(), Some(name.as_str()));
+                }
+            }
+        }
+    }
+
+    /// One sites directory and one socket directory for every case.
+    fn fixture() -> (
+        &'static std::path::Path,
+        &'static std::path::Path,
+        &'static Sites,
+    ) {
+        static FIXTURE: std::sync::OnceLock<(tempfile::TempDir, tempfile::TempDir, Sites)> =
+            std::sync::OnceLock::new();
+        let (sites_dir, sockets_dir, sites) = FIXTURE.get_or_init(|| {
+            let (sites_dir, sockets_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let yaml = format!(
+                "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {}\n  vassals_dir: {0}\n  socket_path: {}/{{host}}.sock\n",
+                sites_dir.path().display(),
+                sockets_dir.path().display()
+            );
+            let config = crate::config::parse_for_tests(&yaml).backend.unwrap();
+            let sites = Sites::new(config.sites_dir.clone(), config.socket_path.clone());
+            (sites_dir, sockets_dir, sites)
+        });
+        (sites_dir.path(), sockets_dir.path(), sites)
+    }
 }

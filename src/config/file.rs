@@ -71,11 +71,15 @@ pub struct LimitsSection {
     pub client_max_body_size: Option<Scalar>,
     pub client_header_timeout: Option<Scalar>,
     pub client_body_timeout: Option<Scalar>,
+    /// `NUMBER SIZE`, as nginx writes it: `4 8k`.
+    pub large_client_header_buffers: Option<Scalar>,
+    pub send_timeout: Option<Scalar>,
     pub keepalive_timeout: Option<Scalar>,
     pub proxy_connect_timeout: Option<Scalar>,
     pub proxy_read_timeout: Option<Scalar>,
     pub proxy_send_timeout: Option<Scalar>,
     pub max_connections_per_client: Option<usize>,
+    pub max_open_connections_per_client: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

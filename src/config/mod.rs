@@ -45,8 +45,16 @@ pub struct Frontend {
     /// How long an upgraded (WebSocket) connection may carry nothing in either direction
     /// before it is closed; replaces `client_body_timeout` and `proxy_read_timeout` for it.
     pub websocket_idle_timeout: Duration,
+    /// Longest time a request header may take to arrive, in all (not per read).
+    pub client_header_timeout: Duration,
+    /// Size limits of a request header (`large_client_header_buffers`).
+    pub header_limits: crate::request_checks::HeaderLimits,
+    /// Longest pause while a response is written to a client that does not read it.
+    pub send_timeout: Duration,
     /// Requests from one client IP in progress at once (nginx's `limit_conn`); `None`: no limit.
     pub max_connections_per_client: Option<usize>,
+    /// Connections one client IP may hold open at once, idle or not; `None`: no limit.
+    pub max_open_connections_per_client: Option<usize>,
     pub access_log: crate::access_log::Destination,
     pub access_log_format: crate::access_log::Format,
     /// `NNN.html` files that replace the built-in pages.

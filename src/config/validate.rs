@@ -9,6 +9,7 @@ use super::file::{
 };
 use super::units::{parse_duration, parse_size};
 use super::*;
+use crate::request_checks::HeaderLimits;
 use crate::tls::certs::PairPaths;
 use crate::tls::store::{CertStore, Event};
 use std::collections::HashSet;
@@ -20,8 +21,10 @@ const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 const DEFAULT_CLIENT_MAX_BODY_SIZE: u64 = 1 << 20;
 const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pingora reads a connection's first request headers with this timeout, fixed in 0.9.
-const PINGORA_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pingora refuses request headers larger than this itself (1 MiB - 1).
+const PINGORA_MAX_HEADER_SIZE: usize = 1_048_575;
 const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longer than uWSGI's WebSocket pings (every 30 s), which keep a live socket busy anyway; an
 /// app that never pings gets an hour of silence before its socket is closed.
@@ -652,10 +655,19 @@ impl Checker {
             limits.client_max_body_size.as_ref(),
             DEFAULT_CLIENT_MAX_BODY_SIZE,
         );
-        let header_timeout = self.duration(
+        let client_header_timeout = self.positive_duration(
             &field("client_header_timeout"),
             limits.client_header_timeout.as_ref(),
-            PINGORA_HEADER_TIMEOUT,
+            DEFAULT_CLIENT_HEADER_TIMEOUT,
+        );
+        let send_timeout = self.positive_duration(
+            &field("send_timeout"),
+            limits.send_timeout.as_ref(),
+            DEFAULT_SEND_TIMEOUT,
+        );
+        let header_limits = self.header_buffers(
+            &field("large_client_header_buffers"),
+            limits.large_client_header_buffers.as_ref(),
         );
         let websocket_field = format!("{role}.websocket_idle_timeout");
         let websocket_idle_timeout = self.duration(
@@ -667,12 +679,6 @@ impl Checker {
             self.bad(
                 websocket_field,
                 "must be more than 0 (an idle WebSocket would be closed at once), like 1h",
-            );
-        }
-        if header_timeout != PINGORA_HEADER_TIMEOUT {
-            self.bad(
-                field("client_header_timeout"),
-                "Pingora 0.9 reads request headers with a fixed 60s timeout; only 60s can be set",
             );
         }
         Frontend {
@@ -691,7 +697,13 @@ impl Checker {
                 DEFAULT_CLIENT_BODY_TIMEOUT,
             ),
             websocket_idle_timeout,
+            client_header_timeout,
+            header_limits,
+            send_timeout,
             max_connections_per_client: limits.max_connections_per_client.filter(|n| *n > 0),
+            max_open_connections_per_client: limits
+                .max_open_connections_per_client
+                .filter(|n| *n > 0),
             access_log: crate::access_log::Destination::Off,
             access_log_format: crate::access_log::Format::Combined,
             error_pages: None,
@@ -830,6 +842,63 @@ impl Checker {
                 .map_err(|e| self.bad(field, e))
                 .unwrap_or(default),
         }
+    }
+
+    /// A duration where 0 would mean nothing sensible (a timeout that fires at once).
+    fn positive_duration(
+        &mut self,
+        field: &str,
+        value: Option<&Scalar>,
+        default: Duration,
+    ) -> Duration {
+        let duration = self.duration(field, value, default);
+        if duration.is_zero() {
+            self.bad(field, "must be more than 0");
+            return default;
+        }
+        duration
+    }
+
+    /// nginx's `large_client_header_buffers NUMBER SIZE`.
+    fn header_buffers(&mut self, field: &str, value: Option<&Scalar>) -> HeaderLimits {
+        let default = HeaderLimits::NGINX_DEFAULT;
+        let Some(Scalar(text)) = value else {
+            return default;
+        };
+        let mut words = text.split_whitespace();
+        let parsed = match (words.next(), words.next(), words.next()) {
+            (Some(number), Some(size), None) => number
+                .parse::<usize>()
+                .ok()
+                .zip(parse_size(size).ok().and_then(|s| usize::try_from(s).ok())),
+            _ => None,
+        };
+        let Some((buffers, buffer_size)) = parsed else {
+            self.bad(
+                field,
+                format!("invalid value {text:?}: expected a number and a size, like \"4 8k\""),
+            );
+            return default;
+        };
+        let limits = HeaderLimits {
+            buffers,
+            buffer_size,
+        };
+        if buffers == 0 || buffer_size < 1024 {
+            self.bad(
+                field,
+                format!("{text:?}: needs at least one buffer of at least 1k"),
+            );
+            return default;
+        }
+        if limits.total() > PINGORA_MAX_HEADER_SIZE {
+            self.bad(
+                field,
+                format!("{text:?}: at most 1m in all (Pingora refuses larger headers itself)"),
+            );
+            return default;
+        }
+        limits
     }
 
     fn size(&mut self, field: &str, value: Option<&Scalar>, default: u64) -> u64 {
@@ -1036,6 +1105,52 @@ mod tests {
         );
         assert!(
             text.contains("t.yaml: backend.websocket_idle_timeout: invalid duration"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hostile_input_limits() {
+        let base = "edge:\n  listen: ['127.0.0.1:80']\n  backends: ['10.0.0.1:80']\n";
+        let edge = parse("t.yaml", base).unwrap().edge.unwrap().frontend;
+        assert_eq!(edge.client_header_timeout, Duration::from_secs(60));
+        assert_eq!(edge.send_timeout, Duration::from_secs(60));
+        assert_eq!(edge.header_limits, HeaderLimits::NGINX_DEFAULT);
+        assert_eq!(edge.max_open_connections_per_client, None);
+        let yaml = format!("{base}  limits:\n    client_header_timeout: 2s\n    send_timeout: 500ms\n    large_client_header_buffers: 8 16k\n    max_open_connections_per_client: 100\n");
+        let edge = parse("t.yaml", &yaml).unwrap().edge.unwrap().frontend;
+        assert_eq!(edge.client_header_timeout, Duration::from_secs(2));
+        assert_eq!(edge.send_timeout, Duration::from_millis(500));
+        assert_eq!(
+            (edge.header_limits.buffers, edge.header_limits.buffer_size),
+            (8, 16 << 10)
+        );
+        assert_eq!(edge.max_open_connections_per_client, Some(100));
+        for (value, message) in [
+            ("8k", "expected a number and a size, like \"4 8k\""),
+            ("4 8k 2", "expected a number and a size"),
+            ("four 8k", "expected a number and a size"),
+            ("0 8k", "at least one buffer of at least 1k"),
+            ("4 512", "at least one buffer of at least 1k"),
+            ("64 64k", "at most 1m in all"),
+        ] {
+            let yaml = format!("{base}  limits:\n    large_client_header_buffers: {value}\n");
+            let text = problems(&yaml);
+            assert!(
+                text.starts_with("t.yaml: edge.limits.large_client_header_buffers: ")
+                    && text.contains(message),
+                "{value}: {text}"
+            );
+        }
+        let text = problems(&format!(
+            "{base}  limits:\n    client_header_timeout: 0\n    send_timeout: 0s\n"
+        ));
+        assert!(
+            text.contains("t.yaml: edge.limits.client_header_timeout: must be more than 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t.yaml: edge.limits.send_timeout: must be more than 0"),
             "{text}"
         );
     }

@@ -9,7 +9,8 @@ pub mod placement;
 use crate::access_log::AccessLog;
 use crate::config::{EdgeConfig, UpstreamTimeouts};
 use crate::forwarding;
-use crate::frontdoor::FrontDoor;
+use crate::frontdoor::{self, FrontDoor};
+use crate::listener;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use crate::request::{self, RequestState, X_REQUEST_ID};
@@ -71,6 +72,10 @@ impl ProxyHttp for EdgeProxy {
             tried: Vec::new(),
             avoid: Vec::new(),
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut EdgeCtx) -> Result<()> {
+        self.front_door.screen(session)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
@@ -185,6 +190,13 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
+    /// Requests refused for what the client sent are in the access log and the metrics; one
+    /// error line each would let any client fill the error log. The end of an idle WebSocket
+    /// is normal (the access log has it).
+    fn suppress_error_log(&self, session: &Session, _ctx: &EdgeCtx, error: &Error) -> bool {
+        frontdoor::is_refusal(error) || websocket::closed_for_idleness(session, error)
+    }
+
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
@@ -194,10 +206,6 @@ impl ProxyHttp for EdgeProxy {
     ) -> bool {
         // Failing over is logged by the health checks; one warning per request adds nothing.
         !ctx.avoid.is_empty()
-    }
-
-    fn suppress_error_log(&self, session: &Session, _ctx: &EdgeCtx, error: &Error) -> bool {
-        websocket::closed_for_idleness(session, error)
     }
 
     async fn fail_to_proxy(
@@ -277,8 +285,9 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         backend_requests: metrics::BackendRequests::default(),
         access_log: AccessLog::for_role("edge", &config.frontend),
     };
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "herald edge");
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+    proxy.server_options = Some(http_server_options(config));
+    let mut service = listener::service("herald edge", "edge", proxy, &config.frontend);
     for addr in &config.frontend.listen {
         service.add_tcp(&addr.to_string());
     }
@@ -286,10 +295,6 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         .tls
         .as_ref()
         .map(|tls| crate::tls::listen(&mut service, tls));
-    service
-        .app_logic_mut()
-        .expect("a proxy service has its proxy")
-        .server_options = Some(http_server_options(config));
     let proxy_handle = server.add_service(service);
     if let Some(certificates) = certificates {
         server.add_service(certificates);

@@ -431,6 +431,32 @@ pub fn try_send_raw(port: u16, raw: &[u8]) -> std::io::Result<Response> {
     Ok(parse_response(&answer))
 }
 
+/// `send_raw`, where the server must close the connection after its answer: the read ends with
+/// EOF (or a reset, for bytes it never read) within `IO_TIMEOUT`, never with the read timeout.
+pub fn send_raw_until_closed(port: u16, raw: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // The server may answer and close before it has read everything (a refused request).
+    let _ = stream.write_all(raw);
+    let mut answer = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "port {port}: the connection was left open after {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert!(
+        answer.windows(4).any(|w| w == b"\r\n\r\n"),
+        "port {port}: no answer before the connection closed: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    parse_response(&answer)
+}
+
 /// `GET path` with the given Host, `Connection: close`.
 pub fn get(port: u16, host: &str, path: &str) -> Response {
     get_with(port, host, path, &[])
