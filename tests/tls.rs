@@ -122,7 +122,7 @@ fn tls_client(port: u16, args: &[&str]) -> Value {
 /// A herald with both roles over a uWSGI emperor, its edge listening on TLS as well.
 struct Node {
     herald: Herald,
-    _emperor: Emperor,
+    emperor: Emperor,
     pki: Pki,
     certs: PathBuf,
     plain: u16,
@@ -156,7 +156,7 @@ impl Node {
         let herald = Herald::start(dir.path(), "node", &yaml, &[plain, backend, metrics]);
         let node = Node {
             herald,
-            _emperor: emperor,
+            emperor,
             pki,
             certs,
             plain,
@@ -584,6 +584,88 @@ fn http2_and_https_reach_the_apps() {
     assert_eq!(
         get(h2c_port, "beta.example", "/").json()["site"],
         "beta.example"
+    );
+}
+
+/// HTTP/2 requests pass the same checks as HTTP/1.1 ones: a header field past
+/// `large_client_header_buffers` gets 431, and a body of unknown length (which the uWSGI apps
+/// could not read) gets 411, each with its page.
+#[test]
+fn http2_requests_get_the_same_answers_to_bad_input() {
+    let node = Node::start(
+        |pki, certs| install_pair(&pki.issue("sites", &["alpha.example"], 30), certs, "sites"),
+        "",
+    );
+    let status = |args: &[&str]| -> (String, String) {
+        let resolve = format!("alpha.example:{}:127.0.0.1", node.tls);
+        let url = format!("https://alpha.example:{}/", node.tls);
+        let ca = node.pki.ca.to_str().unwrap().to_owned();
+        let body = node.root().join("status.body");
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--http2", "-o"])
+            .arg(&body)
+            .args(["-w", "%{http_version} %{http_code}", "--cacert", &ca])
+            .args(["--resolve", &resolve])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("run curl");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            fs::read_to_string(&body).unwrap_or_default(),
+        )
+    };
+    let big = format!("X-Big: {}", "b".repeat(9000));
+    let (answer, page) = status(&["-H", &big]);
+    assert_eq!(answer, "2 431", "{page}");
+    assert!(page.contains("431"), "{page}");
+    // No Content-Length: curl streams the body as DATA frames of unknown total length.
+    let upload = node.root().join("upload.txt");
+    fs::write(&upload, "x".repeat(5000)).unwrap();
+    let file = format!("@{}", upload.display());
+    let (answer, page) = status(&["--data-binary", &file, "-H", "Content-Length:"]);
+    assert_eq!(answer, "2 411", "{page}");
+    assert!(page.contains("411"), "{page}");
+    // The same body with its length reaches the app.
+    let (answer, page) = status(&["--data-binary", &file]);
+    assert_eq!(answer, "2 200", "{page}");
+    assert!(page.contains("\"body_length\": 5000"), "{page}");
+}
+
+/// WebSockets of pages served over HTTPS (`wss://`) go through the TLS edge like any request:
+/// a cold site is started by the first one, the app hears it came over https, and messages
+/// go both ways.
+#[test]
+fn a_websocket_over_tls_starts_its_app_and_echoes() {
+    let node = Node::start(
+        |pki, certs| install_pair(&pki.issue("ws", &["ws.example"], 30), certs, "ws"),
+        "",
+    );
+    let vassal = node
+        .emperor
+        .vassal(&repo_path("demo/ws_echo.py"), "threads = 4\n");
+    node.emperor.add_site("ws.example", &vassal);
+    // Browsers open WebSockets on an HTTP/1.1 connection (no WebSockets over HTTP/2 in
+    // Pingora 0.9), which ALPN offers next to h2.
+    let answer = node.client(&[
+        "--sni",
+        "ws.example",
+        "--alpn",
+        "http/1.1",
+        "--websocket",
+        "300",
+        "--host",
+        "ws.example",
+    ]);
+    assert_eq!(answer["ws_status"], 101, "{answer}");
+    assert_eq!(answer["echoed"], 300, "{answer}");
+    let environ = &answer["ws_environ"];
+    assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "https", "{answer}");
+    assert_eq!(environ["site"], "ws.example", "{answer}");
+    assert_eq!(
+        node.metric("herald_app_starts_total", &[("result", "ok")]),
+        1.0,
+        "the first WebSocket started the app, once"
     );
 }
 

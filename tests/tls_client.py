@@ -2,13 +2,20 @@
 
     python3 tls_client.py PORT [--sni NAME] [--ca FILE] [--tls 1.1|1.2|1.3] [--alpn P,P]
                                [--get PATH --host HOST] [--h2-idle SECONDS]
+                               [--websocket COUNT --host HOST]
 
 Connects to 127.0.0.1:PORT, sending NAME as SNI (no SNI without --sni), and prints one JSON
 object: the handshake's outcome (the negotiated version and ALPN protocol, and the common name
 of the certificate the server chose, checked against the CA), then, with --get, the HTTP/1.1
 answer to `GET PATH` with `Host: HOST`. With --h2-idle, it speaks the HTTP/2 preface and
-SETTINGS and then waits, up to SECONDS, for the server to close the idle connection.
+SETTINGS and then waits, up to SECONDS, for the server to close the idle connection. With
+--websocket, it opens a WebSocket to `/ws/environ` on HOST (the echo app, demo/ws_echo.py),
+reads the handshake the app saw, sends COUNT numbered messages and reads their echoes.
 """
+import base64
+import hashlib
+import os
+import struct
 import argparse
 import json
 import socket
@@ -35,6 +42,7 @@ def main():
     parser.add_argument("--get")
     parser.add_argument("--host")
     parser.add_argument("--h2-idle", type=float)
+    parser.add_argument("--websocket", type=int)
     args = parser.parse_args()
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -74,6 +82,8 @@ def main():
         head, _, body = answer.partition(b"\r\n\r\n")
         result["status"] = int(head.split(b" ")[1])
         result["body"] = body.decode("utf-8", "replace")
+    if args.websocket is not None:
+        result.update(websocket(conn, args.host, args.websocket))
     if args.h2_idle is not None:
         conn.sendall(H2_PREFACE + EMPTY_SETTINGS)
         conn.settimeout(args.h2_idle)
@@ -85,6 +95,72 @@ def main():
             result["closed_after"] = None
     conn.close()
     print(json.dumps(result))
+
+
+def websocket(conn, host, count):
+    """A WebSocket on `conn`: the 101, the app's report of the handshake, `count` echoes."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    conn.sendall(("GET /ws/environ HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host, key)).encode())
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return {"ws_error": "closed during the handshake: %r" % buffer}
+        buffer += chunk
+    head, _, buffer = buffer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    if status != 101:
+        return {"ws_status": status}
+    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+    if b"sec-websocket-accept: " + accept.lower() not in head.lower():
+        return {"ws_error": "wrong Sec-WebSocket-Accept: %r" % head}
+    frames = FrameReader(conn, buffer)
+    environ = json.loads(frames.next_text())
+    echoed = 0
+    for i in range(count):
+        text = ("message %d " % i + "x" * (i % 300)).encode()
+        mask = os.urandom(4)
+        length = len(text)
+        header = bytes([0x81]) + (bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + struct.pack("!H", length))
+        conn.sendall(header + mask + bytes(b ^ mask[j % 4] for j, b in enumerate(text)))
+        if frames.next_text() == text.decode():
+            echoed += 1
+    return {"ws_status": 101, "ws_environ": environ, "echoed": echoed}
+
+
+class FrameReader:
+    """Unmasked server frames, text only (pings are answered)."""
+
+    def __init__(self, conn, buffer):
+        self.conn, self.buffer = conn, buffer
+
+    def need(self, n):
+        while len(self.buffer) < n:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                raise EOFError("the server closed the WebSocket")
+            self.buffer += chunk
+        taken, self.buffer = self.buffer[:n], self.buffer[n:]
+        return taken
+
+    def next_text(self):
+        while True:
+            first, second = self.need(2)
+            length = second & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self.need(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self.need(8))[0]
+            payload = self.need(length)
+            opcode = first & 0x0F
+            if opcode == 0x9:  # ping: pong with the same payload, masked
+                mask = os.urandom(4)
+                self.conn.sendall(bytes([0x8A, 0x80 | len(payload)]) + mask + bytes(b ^ mask[j % 4] for j, b in enumerate(payload)))
+                continue
+            if opcode == 0x1:
+                return payload.decode()
+            raise EOFError("unexpected frame opcode %d" % opcode)
 
 
 def read_to_end(conn):
