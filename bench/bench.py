@@ -306,24 +306,30 @@ class Bench:
             wait_for("nginx on %d" % port, lambda: tcp_up(port))
 
     # ---- measurements ------------------------------------------------------------------
+    def tier_pids(self, topology):
+        """The processes of the edge and of the backend serving the load (nginx: master and
+        workers; not Herald's second backend, kept for cold starts)."""
+        procs = {"edge": self.herald["herald-edge"], "backend": self.herald["herald-backend"]} if topology == "herald" \
+            else {"edge": self.nginx["nginx-edge"], "backend": self.nginx["nginx-backend"]}
+        return {tier: tree_pids(proc.p.pid) for tier, proc in procs.items()}
+
     def proxy_pids(self, topology):
-        # The edge and backend serving the load (not the second backend kept for cold starts).
-        procs = [self.herald["herald-edge"], self.herald["herald-backend"]] if topology == "herald" else self.nginx.values()
-        pids = []
-        for proc in procs:
-            pids += tree_pids(proc.p.pid)
-        return pids
+        return [pid for pids in self.tier_pids(topology).values() for pid in pids]
 
     def load(self, topology, scenario, duration):
         port = {"herald": self.h_edge, "nginx": self.n_edge, "floor": self.floor_port}[topology]
-        pids = self.proxy_pids(topology) if topology != "floor" else []
-        cpu_before = cpu_seconds(pids)
-        peak = [0.0]
+        tiers = self.tier_pids(topology) if topology != "floor" else {}
+        pids = [pid for tier in tiers.values() for pid in tier]
+        cpu_before = {tier: cpu_seconds(tier_pids) for tier, tier_pids in tiers.items()}
+        peak = {"all": 0.0, "edge": 0.0, "backend": 0.0}
 
         def sample():
             end = time.time() + duration
             while time.time() < end:
-                peak[0] = max(peak[0], rss_mib(pids))
+                rss = {tier: rss_mib(tier_pids) for tier, tier_pids in tiers.items()}
+                for tier, value in rss.items():
+                    peak[tier] = max(peak[tier], value)
+                peak["all"] = max(peak["all"], sum(rss.values()))
                 time.sleep(0.5)
         sampler = threading.Thread(target=sample)
         sampler.start()
@@ -335,9 +341,13 @@ class Bench:
         else:
             result = wrk(port, duration, script=self.rotation, close=close)
         sampler.join()
-        cpu = cpu_seconds(pids) - cpu_before
-        result["cpu_per_10k"] = cpu / max(result["requests"], 1) * 10_000 if pids else None
-        result["rss_load_mib"] = peak[0] if pids else None
+        per_10k = lambda seconds: seconds / max(result["requests"], 1) * 10_000
+        cpu = {tier: cpu_seconds(tier_pids) - cpu_before[tier] for tier, tier_pids in tiers.items()}
+        result["cpu_per_10k"] = per_10k(sum(cpu.values())) if pids else None
+        for tier in ("edge", "backend"):
+            result["cpu_%s_per_10k" % tier] = per_10k(cpu[tier]) if pids else None
+            result["rss_%s_mib" % tier] = peak[tier] if pids else None
+        result["rss_load_mib"] = peak["all"] if pids else None
         return result
 
     def cold_starts(self):
@@ -447,7 +457,8 @@ class Bench:
         # Touch every site through both, so no run pays for a first connection.
         for s in self.warm:
             assert get(self.h_edge, s)[0] == 200 and get(self.n_edge, s)[0] == 200, s
-        idle = {"herald": rss_mib(self.proxy_pids("herald")), "nginx": rss_mib(self.proxy_pids("nginx"))}
+        idle = {"%s/%s" % (topology, tier): rss_mib(pids) for topology in ("herald", "nginx")
+                for tier, pids in self.tier_pids(topology).items()}
         rounds = []
         for r in range(self.args.rounds):
             order = ["herald", "nginx"] if r % 2 == 0 else ["nginx", "herald"]
@@ -472,7 +483,8 @@ def median(values):
 
 def summarize(raw):
     keys = raw["rounds"][0].keys()
-    med = {k: {m: median([r[k][m] for r in raw["rounds"]]) for m in ("rps", "p50_ms", "p99_ms", "cpu_per_10k", "rss_load_mib", "errors")} for k in keys}
+    med = {k: {m: median([r[k][m] for r in raw["rounds"]]) for m in ("rps", "p50_ms", "p99_ms", "cpu_per_10k", "cpu_edge_per_10k", "cpu_backend_per_10k",
+                                                                        "rss_load_mib", "rss_edge_mib", "rss_backend_mib", "errors")} for k in keys}
     return med
 
 
@@ -528,23 +540,27 @@ def report(raw, med, args):
              "machine, alternately in the same run. Produced by `bench/run` (%d rounds of %d s per measurement)." % (args.rounds, args.duration), "",
              "Machine: %s, %s cores, Linux %s. %s; %s; uWSGI %s; %s." % (v["cpu"], v["cores"], v["kernel"], v["herald"], v["nginx"], v["uwsgi"], v["wrk"]), "",
              "## Warm requests (medians)", "",
-             "| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 10k req | RSS under load MiB | errors |",
+             "| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 10k req (edge + backend) | RSS under load MiB (edge + backend) | errors |",
              "|---|---|---|---|---|---|---|---|"]
+    known = lambda x: x == x  # not NaN
     for label, s in (("one site", "one"), ("200 sites", "many")):
         for b in ("herald", "nginx", "floor"):
             m = med["%s/%s" % (b, s)]
             lines.append("| %s | %s | %.0f | %.2f | %.2f | %s | %s | %s |" % (
                 label, b if b != "floor" else "none (the app on TCP)", m["rps"], m["p50_ms"], m["p99_ms"],
-                "%.3f" % m["cpu_per_10k"] if m["cpu_per_10k"] == m["cpu_per_10k"] else "-",
-                "%.0f" % m["rss_load_mib"] if m["rss_load_mib"] == m["rss_load_mib"] else "-",
+                "%.3f (%.3f + %.3f)" % (m["cpu_per_10k"], m["cpu_edge_per_10k"], m["cpu_backend_per_10k"]) if known(m["cpu_per_10k"]) else "-",
+                "%.0f (%.0f + %.0f)" % (m["rss_load_mib"], m["rss_edge_mib"], m["rss_backend_mib"]) if known(m["rss_load_mib"]) else "-",
                 "%d" % m["errors"] if b != "floor" else "-"))
     lines += ["", "The floor is the same app on a TCP `http-socket`, one request per connection (uWSGI closes each",
               "connection without saying so, which wrk counts as read errors; they are not failures).", "",
-              "Ratios Herald / nginx (targets: throughput >= 1.2, p99 <= 0.8, CPU per request <= 1, memory <= 1):", "",
-              "| scenario | throughput | p99 | CPU per request |", "|---|---|---|---|"]
+              "Ratios Herald / nginx (targets: throughput >= 1.2, p99 <= 0.8, CPU per request <= 1, edge memory under load <= 1):", "",
+              "| scenario | throughput | p99 | CPU per request | edge memory under load | both tiers' memory under load |", "|---|---|---|---|---|---|"]
     for label, s in (("one site", "one"), ("200 sites", "many")):
-        lines.append("| %s | %.2f | %.2f | %.2f |" % (label, ratio(s, "rps"), ratio(s, "p99_ms"), ratio(s, "cpu_per_10k")))
-    lines += ["", "Idle RSS: Herald %.0f MiB, nginx %.0f MiB (both processes of each topology)." % (raw["idle_rss_mib"]["herald"], raw["idle_rss_mib"]["nginx"]), "",
+        lines.append("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |" % (label, ratio(s, "rps"), ratio(s, "p99_ms"), ratio(s, "cpu_per_10k"),
+                                                        ratio(s, "rss_edge_mib"), ratio(s, "rss_load_mib")))
+    idle = raw["idle_rss_mib"]
+    lines += ["", "Idle RSS, edge + backend: Herald %.0f + %.0f MiB, nginx %.0f + %.0f MiB (nginx: master and workers)." % (
+        idle["herald/edge"], idle["herald/backend"], idle["nginx/edge"], idle["nginx/backend"]), "",
               "![throughput and p99](bench/results.svg)", "",
               "## Cold starts (median of %d sites, milliseconds to first byte)" % COLD_SITES, "",
               "| path | ms |", "|---|---|",
