@@ -105,12 +105,21 @@ impl FrontDoor {
         &self.pages
     }
 
-    /// How long an open WebSocket may carry nothing before it is closed. Once upgraded, Pingora
-    /// restarts both its reads (from the client and from upstream) whenever anything moves in
-    /// either direction, so the socket closes after the smaller of the two timeouts of silence:
-    /// each role sets this one on both sides.
-    pub fn websocket_idle_timeout(&self) -> Duration {
-        self.websocket_idle
+    /// A role's upstream timeouts on `options`. A WebSocket gets `websocket_idle_timeout` for
+    /// its upstream reads too: once upgraded, Pingora restarts both reads (from the client and
+    /// from upstream) whenever anything moves in either direction, so the socket closes after
+    /// the smaller of the two timeouts of silence (`admit` sets the client side). It also
+    /// bounds the wait for the 101, which Pingora reads with the same timeout.
+    pub fn set_upstream_timeouts(
+        &self,
+        upstream: &crate::config::UpstreamTimeouts,
+        websocket: bool,
+        options: &mut pingora::upstreams::peer::PeerOptions,
+    ) {
+        upstream.apply_to(options);
+        if websocket {
+            options.read_timeout = Some(self.websocket_idle);
+        }
     }
 
     /// The site the request is for, or `None` once the request has been answered.
@@ -204,8 +213,10 @@ fn declared_length(session: &Session) -> Option<u64> {
         .and_then(|v| request_checks::parse_content_length(v.as_bytes()))
 }
 
-/// Whether `e` is a request Herald refused for what the client sent (`screen`, `check_body`):
-/// worth a debug line and the access log, not Pingora's error log.
-pub fn is_refusal(e: &Error) -> bool {
-    matches!(e.etype(), HTTPStatus(_)) && e.esource() == &ErrorSource::Downstream
+/// Whether `e` is not worth Pingora's error log: a request Herald refused for what the client
+/// sent (`screen`, `check_body`: one line each would let any client fill the log; the access
+/// log and a debug line have it), or the end of an idle WebSocket (its normal end).
+pub fn is_quiet_error(session: &Session, e: &Error) -> bool {
+    let refused = matches!(e.etype(), HTTPStatus(_)) && e.esource() == &ErrorSource::Downstream;
+    refused || websocket::closed_for_idleness(session, e)
 }

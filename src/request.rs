@@ -2,8 +2,9 @@
 
 use crate::access_log::{self, AccessLog, Facts};
 use crate::forwarding;
-use crate::metrics::{InProgress, OpenWebSocket};
+use crate::metrics::{InProgress, OpenWebSocket, RoleMetrics};
 use crate::per_client::ClientSlot;
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::time::{Duration, Instant};
 
@@ -63,9 +64,21 @@ impl RequestState {
         self.upstream_began = Some(Instant::now());
     }
 
-    /// The upstream's response header arrived.
-    pub fn upstream_answered(&mut self) {
+    /// The upstream's response header arrived; a 101 that upgrades the connection counts in
+    /// `herald_websockets_open` until the request ends.
+    pub fn upstream_answered(
+        &mut self,
+        session: &Session,
+        response: &ResponseHeader,
+        metrics: &RoleMetrics,
+    ) {
         self.upstream_time = self.upstream_began.map(|began| began.elapsed());
+        // The status first: it is all an ordinary response costs.
+        if response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && session.is_upgrade(response) == Some(true)
+        {
+            self.open_websocket = Some(metrics.websocket_opened());
+        }
     }
 
     /// The request's access log line; `upstream` names what served the site (given the site),

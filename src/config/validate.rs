@@ -669,18 +669,11 @@ impl Checker {
             &field("large_client_header_buffers"),
             limits.large_client_header_buffers.as_ref(),
         );
-        let websocket_field = format!("{role}.websocket_idle_timeout");
-        let websocket_idle_timeout = self.duration(
-            &websocket_field,
+        let websocket_idle_timeout = self.positive_duration(
+            &format!("{role}.websocket_idle_timeout"),
             websocket_idle_timeout,
             DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
         );
-        if websocket_idle_timeout.is_zero() {
-            self.bad(
-                websocket_field,
-                "must be more than 0 (an idle WebSocket would be closed at once), like 1h",
-            );
-        }
         Frontend {
             listen,
             allow_ip_hosts: allow_ip_hosts.unwrap_or(false),

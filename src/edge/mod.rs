@@ -14,7 +14,6 @@ use crate::listener;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use crate::request::{self, RequestState, X_REQUEST_ID};
-use crate::websocket;
 use async_trait::async_trait;
 use backends::BackendList;
 use bytes::Bytes;
@@ -114,12 +113,11 @@ impl ProxyHttp for EdgeProxy {
             .ok_or_else(|| Error::explain(HTTPStatus(503), "no backend server available"))?;
         ctx.tried.push(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
-        self.upstream.apply_to(&mut peer.options);
-        if ctx.request.websocket {
-            // The upstream side of the socket's idle timer (see FrontDoor). It also bounds the
-            // wait for the 101, which Pingora reads with the same timeout.
-            peer.options.read_timeout = Some(self.front_door.websocket_idle_timeout());
-        }
+        self.front_door.set_upstream_timeouts(
+            &self.upstream,
+            ctx.request.websocket,
+            &mut peer.options,
+        );
         ctx.request.upstream_chosen();
         Ok(Box::new(peer))
     }
@@ -190,11 +188,8 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
-    /// Requests refused for what the client sent are in the access log and the metrics; one
-    /// error line each would let any client fill the error log. The end of an idle WebSocket
-    /// is normal (the access log has it).
     fn suppress_error_log(&self, session: &Session, _ctx: &EdgeCtx, error: &Error) -> bool {
-        frontdoor::is_refusal(error) || websocket::closed_for_idleness(session, error)
+        frontdoor::is_quiet_error(session, error)
     }
 
     fn suppress_proxy_warn_log(
@@ -226,13 +221,8 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
-        ctx.request.upstream_answered();
-        // The status first: it is all an ordinary response costs.
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
-            && session.is_upgrade(upstream_response) == Some(true)
-        {
-            ctx.request.open_websocket = Some(self.metrics.websocket_opened());
-        }
+        ctx.request
+            .upstream_answered(session, upstream_response, &self.metrics);
         Ok(())
     }
 
