@@ -1,39 +1,194 @@
-//! What an upstream is told about the client: `X-Forwarded-*` and `X-Real-IP`, and a request
+//! What an upstream is told about the client: `X-Forwarded-*`, `X-Real-IP` and one `Forwarded`
+//! element (RFC 7239) with everything the edge saw of the browser's connection, and a request
 //! target in origin form.
 
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use std::net::IpAddr;
+use pingora::proxy::Session;
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_REAL_IP: &str = "x-real-ip";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const FORWARDED: &str = "forwarded";
 
+/// What a hop saw of the browser's connection: who connected (address and port), to which of
+/// its addresses and ports, and whether over TLS. The backend builds an app's CGI environ from
+/// it (`REMOTE_ADDR`, `REMOTE_PORT`, `SERVER_ADDR`, `SERVER_PORT`, `HTTPS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub client_ip: Option<IpAddr>,
+    pub client_port: Option<u16>,
+    pub server_ip: Option<IpAddr>,
+    pub server_port: Option<u16>,
+    pub https: bool,
+    /// The browser's HTTP version, as nginx's `$server_protocol` writes it (`HTTP/2.0`).
+    pub version: Option<&'static str>,
+}
+
+/// nginx's `$server_protocol` for a request's version.
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+const PROTOCOL_NAMES: [&str; 5] = ["HTTP/0.9", "HTTP/1.0", "HTTP/1.1", "HTTP/2.0", "HTTP/3.0"];
+
+impl Origin {
+    /// The connection this hop accepted, as its sockets say.
+    pub fn of_connection(session: &Session) -> Origin {
+        let client = session.client_addr().and_then(|a| a.as_inet());
+        let server = session.server_addr().and_then(|a| a.as_inet());
+        Origin {
+            client_ip: client.map(|a| a.ip().to_canonical()),
+            client_port: client.map(SocketAddr::port),
+            server_ip: server.map(|a| a.ip().to_canonical()),
+            server_port: server.map(SocketAddr::port),
+            https: scheme(session) == "https",
+            version: Some(protocol_name(session.req_header().version)),
+        }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// One `Forwarded` element: `for="192.0.2.7:51234";by="203.0.113.1:443";proto=https`,
+    /// and the browser's HTTP version in an extension parameter, `version="HTTP/2.0"`.
+    pub fn forwarded_element(&self) -> String {
+        let mut element = String::with_capacity(80);
+        if let Some(node) = node(self.client_ip, self.client_port) {
+            let _ = write!(element, "for=\"{node}\";");
+        }
+        if let Some(node) = node(self.server_ip, self.server_port) {
+            let _ = write!(element, "by=\"{node}\";");
+        }
+        element.push_str("proto=");
+        element.push_str(self.scheme());
+        if let Some(version) = self.version {
+            let _ = write!(element, ";version=\"{version}\"");
+        }
+        element
+    }
+
+    /// The last element of a `Forwarded` header (the one the nearest hop added), if it names
+    /// at least the client. Obfuscated or `unknown` nodes count as absent.
+    pub fn from_forwarded(value: &[u8]) -> Option<Origin> {
+        let text = std::str::from_utf8(value).ok()?;
+        let element = text.rsplit(',').next()?;
+        let mut origin = Origin::default();
+        for pair in element.split(';') {
+            let Some((key, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            if key.eq_ignore_ascii_case("for") {
+                (origin.client_ip, origin.client_port) = parse_node(value);
+            } else if key.eq_ignore_ascii_case("by") {
+                (origin.server_ip, origin.server_port) = parse_node(value);
+            } else if key.eq_ignore_ascii_case("proto") {
+                origin.https = value.eq_ignore_ascii_case("https");
+            } else if key.eq_ignore_ascii_case("version") {
+                origin.version = PROTOCOL_NAMES.into_iter().find(|name| *name == value);
+            }
+        }
+        origin.client_ip.is_some().then_some(origin)
+    }
+
+    /// What a proxy that sends only `X-Real-IP`/`X-Forwarded-For` and `X-Forwarded-Proto` (an
+    /// nginx edge, say) said about the client; the rest is this hop's own connection.
+    fn from_x_forwarded(req: &RequestHeader, own: Origin) -> Option<Origin> {
+        let header = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let client_ip = header(X_REAL_IP)
+            .or_else(|| header(X_FORWARDED_FOR).and_then(|list| list.rsplit(',').next()))
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok())?;
+        Some(Origin {
+            client_ip: Some(client_ip.to_canonical()),
+            client_port: None,
+            https: header(X_FORWARDED_PROTO).is_some_and(|p| p.eq_ignore_ascii_case("https")),
+            ..own
+        })
+    }
+
+    /// What a request tells this hop about its browser: a trusted hop's `Forwarded` element
+    /// (or its `X-Forwarded-*`), otherwise this hop's own connection.
+    pub fn of_request(session: &Session, trusted: bool) -> Origin {
+        let own = Origin::of_connection(session);
+        if !trusted {
+            return own;
+        }
+        let req = session.req_header();
+        req.headers
+            .get(FORWARDED)
+            .and_then(|v| Origin::from_forwarded(v.as_bytes()))
+            .or_else(|| Origin::from_x_forwarded(req, own))
+            .unwrap_or(own)
+    }
+}
+
+fn node(ip: Option<IpAddr>, port: Option<u16>) -> Option<String> {
+    Some(match (ip?, port) {
+        (IpAddr::V4(ip), Some(port)) => format!("{ip}:{port}"),
+        (IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
+        (IpAddr::V4(ip), None) => ip.to_string(),
+        (IpAddr::V6(ip), None) => format!("[{ip}]"),
+    })
+}
+
+fn parse_node(text: &str) -> (Option<IpAddr>, Option<u16>) {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return (Some(addr.ip().to_canonical()), Some(addr.port()));
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    (
+        bare.parse::<IpAddr>().ok().map(|ip| ip.to_canonical()),
+        None,
+    )
+}
+
 /// Replaces whatever the client claimed with what this hop saw.
-pub fn replace_forwarding_headers(
-    req: &mut RequestHeader,
-    client: Option<IpAddr>,
-    proto: &'static str,
-) -> Result<()> {
+pub fn replace_forwarding_headers(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
     for name in [X_FORWARDED_FOR, X_REAL_IP, FORWARDED] {
         // Most requests carry none of these; a lookup is much cheaper than a removal.
         if req.headers.contains_key(name) {
             req.remove_header(name);
         }
     }
-    if let Some(ip) = client {
-        let ip = http::HeaderValue::from_str(&ip.to_canonical().to_string())
+    if let Some(ip) = origin.client_ip {
+        let ip = http::HeaderValue::from_str(&ip.to_string())
             .expect("an IP address is a valid header value");
         req.insert_header(X_FORWARDED_FOR, ip.clone())?;
         req.insert_header(X_REAL_IP, ip)?;
     }
-    req.insert_header(X_FORWARDED_PROTO, proto)
+    req.insert_header(X_FORWARDED_PROTO, origin.scheme())?;
+    req.insert_header(FORWARDED, origin.forwarded_element())
+}
+
+/// Drops `Expect` (a hop answers `100-continue` itself: `FrontDoor::send_continue_if_expected`).
+pub fn strip_expect(req: &mut RequestHeader) {
+    if req.headers.contains_key(http::header::EXPECT) {
+        req.remove_header(&http::header::EXPECT);
+    }
 }
 
 /// Whether a trusted hop (the edge) already said who the client is.
 pub fn has_forwarding_headers(req: &RequestHeader) -> bool {
-    req.headers.contains_key(X_FORWARDED_FOR)
+    req.headers.contains_key(X_FORWARDED_FOR) || req.headers.contains_key(FORWARDED)
 }
 
 /// An absolute-form target (`GET http://site/path`) becomes `GET /path` with `Host: site`,
@@ -51,7 +206,7 @@ pub fn to_origin_form(req: &mut RequestHeader) -> Result<()> {
 }
 
 /// `https` for a request that came over TLS (HTTP/1.1 or HTTP/2), otherwise `http`.
-pub fn scheme(session: &pingora::proxy::Session) -> &'static str {
+pub fn scheme(session: &Session) -> &'static str {
     let tls = session
         .digest()
         .is_some_and(|digest| digest.ssl_digest.is_some());
@@ -63,7 +218,7 @@ pub fn scheme(session: &pingora::proxy::Session) -> &'static str {
 }
 
 /// The client's IP as the listening socket saw it.
-pub fn client_ip(session: &pingora::proxy::Session) -> Option<IpAddr> {
+pub fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|addr| addr.as_inet())
@@ -74,19 +229,53 @@ pub fn client_ip(session: &pingora::proxy::Session) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
+    fn origin() -> Origin {
+        Origin {
+            client_ip: Some("192.0.2.7".parse().unwrap()),
+            client_port: Some(51234),
+            server_ip: Some("2001:db8::1".parse().unwrap()),
+            server_port: Some(443),
+            https: true,
+            version: Some("HTTP/2.0"),
+        }
+    }
+
     #[test]
     fn client_claims_are_replaced() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("X-Forwarded-For", "6.6.6.6").unwrap();
         req.insert_header("X-Real-IP", "6.6.6.6").unwrap();
         req.insert_header("Forwarded", "for=6.6.6.6").unwrap();
-        replace_forwarding_headers(&mut req, Some("::ffff:192.0.2.7".parse().unwrap()), "http")
-            .unwrap();
+        replace_forwarding_headers(&mut req, &origin()).unwrap();
         assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "192.0.2.7");
         assert_eq!(req.headers.get("x-real-ip").unwrap(), "192.0.2.7");
-        assert_eq!(req.headers.get("x-forwarded-proto").unwrap(), "http");
-        assert!(req.headers.get("forwarded").is_none());
+        assert_eq!(req.headers.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(
+            req.headers.get("forwarded").unwrap(),
+            "for=\"192.0.2.7:51234\";by=\"[2001:db8::1]:443\";proto=https;version=\"HTTP/2.0\""
+        );
         assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(req.headers.get_all("forwarded").iter().count(), 1);
+    }
+
+    #[test]
+    fn forwarded_round_trips_and_takes_the_nearest_hop() {
+        let o = origin();
+        assert_eq!(
+            Origin::from_forwarded(o.forwarded_element().as_bytes()),
+            Some(o)
+        );
+        let two = format!("for=6.6.6.6;proto=http, {}", o.forwarded_element());
+        assert_eq!(Origin::from_forwarded(two.as_bytes()), Some(o));
+        let plain = Origin::from_forwarded(b"for=198.51.100.1").unwrap();
+        assert_eq!(plain.client_ip, Some("198.51.100.1".parse().unwrap()));
+        assert_eq!((plain.client_port, plain.https), (None, false));
+        assert_eq!(plain.version, None);
+        let odd = Origin::from_forwarded(b"for=198.51.100.1;version=\"HTTP/9\"").unwrap();
+        assert_eq!(odd.version, None, "only versions Herald knows");
+        assert_eq!(Origin::from_forwarded(b"for=unknown;proto=https"), None);
+        assert_eq!(Origin::from_forwarded(b"for=_hidden"), None);
+        assert_eq!(Origin::from_forwarded(b"\xff"), None);
     }
 
     #[test]

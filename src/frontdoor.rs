@@ -28,6 +28,9 @@ pub struct FrontDoor {
     header_limits: HeaderLimits,
     per_client: Option<Arc<ClientLimiter>>,
     pages: ErrorPages,
+    /// A body must announce its length (411 otherwise): the role streams bodies to upstreams
+    /// that need it first.
+    length_required: bool,
 }
 
 /// A request let in: its site, its place in its client's count, and whether it opens a
@@ -39,7 +42,7 @@ pub struct Admitted {
 }
 
 impl FrontDoor {
-    pub fn new(frontend: &Frontend) -> Self {
+    pub fn new(frontend: &Frontend, length_required: bool) -> Self {
         let secs = frontend.keepalive_timeout.as_secs();
         let pages = match &frontend.error_pages {
             None => ErrorPages::default(),
@@ -60,6 +63,7 @@ impl FrontDoor {
             send_timeout: frontend.send_timeout,
             header_limits: frontend.header_limits,
             per_client: frontend.max_connections_per_client.map(ClientLimiter::new),
+            length_required,
         }
     }
 
@@ -71,6 +75,21 @@ impl FrontDoor {
         listener::header_received();
         // nginx's send_timeout, for every answer, error pages included.
         session.set_write_timeout(Some(self.send_timeout));
+        // Pipelined requests are answered in order on their connection (RFC 9112 9.3.2), one
+        // after the other, instead of being dropped with the connection.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        if self.length_required
+            && declared_length(session).is_none()
+            && !session.as_downstream_mut().is_body_empty()
+        {
+            debug!(
+                "411 for {:?}: a body without Content-Length",
+                forwarding::client_ip(session)
+            );
+            let mut e = Error::explain(HTTPStatus(411), "request body without Content-Length");
+            e.as_down();
+            return Err(e);
+        }
         let downstream = session.as_downstream();
         let verdict = match downstream.as_http1() {
             Some(h1) => {
@@ -103,6 +122,11 @@ impl FrontDoor {
     /// The role's error pages (the operator's, or the built-in ones).
     pub fn pages(&self) -> &ErrorPages {
         &self.pages
+    }
+
+    /// `client_max_body_size`; `None`: no limit.
+    pub fn max_body(&self) -> Option<u64> {
+        self.max_body
     }
 
     /// A role's upstream timeouts on `options`. A WebSocket gets `websocket_idle_timeout` for
@@ -175,6 +199,24 @@ impl FrontDoor {
             client_slot,
             websocket,
         }))
+    }
+
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before it sends its body.
+    /// Each role answers it itself once it has decided to take the request, as nginx does,
+    /// and passes no `Expect` on (`forwarding::strip_expect`): whether the body is wanted is
+    /// this hop's decision, and an app behind the uwsgi protocol could not answer it anyway.
+    pub async fn send_continue_if_expected(&self, session: &mut Session) -> Result<()> {
+        let downstream = session.as_downstream_mut();
+        let expected = downstream
+            .get_header(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expected && !downstream.is_body_empty() {
+            downstream
+                .write_continue_response()
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        Ok(())
     }
 
     /// Counts a chunk of request body against the limit, for bodies without Content-Length.

@@ -194,7 +194,55 @@ impl Drop for StartInProgress {
 }
 
 /// Registers every metric now, so a scrape shows them at zero before the first event.
+static BUFFERED_TO_FILE: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_buffered_to_file_total",
+        "Request bodies (what=request) and app answers (what=answer) too large for memory, which went to a temp file",
+        &["what"]
+    )
+    .expect("metric registers once")
+});
+
+static BUFFERED_TO_FILE_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_buffered_to_file_bytes_total",
+        "Bytes of request bodies (what=request) and app answers (what=answer) written to temp files",
+        &["what"]
+    )
+    .expect("metric registers once")
+});
+
+static BUFFER_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_buffer_failures_total",
+        "Request bodies (what=request) and app answers (what=answer) that failed because a temp file could not be made or written",
+        &["what"]
+    )
+    .expect("metric registers once")
+});
+
+/// A request body (`what`: `request`) or an answer (`answer`) goes to a temp file.
+pub fn buffered_to_file(what: &str) {
+    BUFFERED_TO_FILE.with_label_values(&[what]).inc();
+}
+
+/// What a request body or an answer wrote to its temp file, once it is done.
+pub fn buffered_to_file_bytes(what: &str, bytes: u64) {
+    BUFFERED_TO_FILE_BYTES
+        .with_label_values(&[what])
+        .inc_by(bytes);
+}
+
+pub fn buffer_failed(what: &str) {
+    BUFFER_FAILURES.with_label_values(&[what]).inc();
+}
+
 pub fn register_all() {
+    for what in ["request", "answer"] {
+        BUFFERED_TO_FILE.with_label_values(&[what]);
+        BUFFERED_TO_FILE_BYTES.with_label_values(&[what]);
+        BUFFER_FAILURES.with_label_values(&[what]);
+    }
     Lazy::force(&APP_STARTS);
     Lazy::force(&APP_START_DURATION);
     Lazy::force(&APP_STARTS_IN_PROGRESS);

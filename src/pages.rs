@@ -41,6 +41,11 @@ pub const BAD_REQUEST: Page = page!(
     "400 Bad Request",
     "The request could not be understood."
 );
+pub const BAD_PATH: Page = page!(
+    400,
+    "400 Bad Request",
+    "The address (URL) of this request is malformed: it climbs above the site's root, or holds an invalid or NUL escape."
+);
 pub const UNKNOWN_SITE: Page = page!(
     404,
     "404 Not Found",
@@ -85,6 +90,16 @@ pub const INTERNAL_ERROR: Page = page!(
     500,
     "500 Internal Server Error",
     "Something went wrong while handling this request."
+);
+pub const STORAGE_ERROR: Page = page!(
+    500,
+    "500 Internal Server Error",
+    "This server could not store this request's data while passing it on. Please try again later."
+);
+pub const STORAGE_FULL: Page = page!(
+    507,
+    "507 Insufficient Storage",
+    "This server has no room left to store this request's data while passing it on. Please try again later."
 );
 pub const APP_UNAVAILABLE: Page = page!(
     502,
@@ -143,6 +158,7 @@ pub fn for_status(status: u16) -> &'static Page {
         429 => &TOO_MANY_CONNECTIONS,
         431 => &HEADER_TOO_LARGE,
         501 => &NOT_IMPLEMENTED,
+        507 => &STORAGE_FULL,
         502 => &APP_UNAVAILABLE,
         503 => &UNAVAILABLE,
         504 => &TIMEOUT,
@@ -151,8 +167,8 @@ pub fn for_status(status: u16) -> &'static Page {
 }
 
 /// Statuses whose page an operator may replace with `NNN.html` in `error_pages`.
-const OVERRIDABLE: [u16; 13] = [
-    400, 404, 408, 411, 413, 414, 429, 431, 500, 501, 502, 503, 504,
+const OVERRIDABLE: [u16; 14] = [
+    400, 404, 408, 411, 413, 414, 429, 431, 500, 501, 502, 503, 504, 507,
 ];
 
 /// The pages a role answers with: the built-in ones, or the operator's `NNN.html` files.

@@ -9,8 +9,6 @@
 //!   (Pingora drops the Content-Length), a repeated Content-Length (forwarded verbatim, even
 //!   when its copies agree, like `5, 5`), a repeated Transfer-Encoding, a coding other than a
 //!   single `chunked` (501, as nginx answers), and lines that end in a bare LF;
-//! - a chunked body at all (411): uWSGI's `http-socket` reads only Content-Length bodies and
-//!   would hand the app an empty one;
 //! - `Connection` naming a header whose removal changes the request's meaning (framing, Host,
 //!   forwarding headers), which Pingora refuses only after it has connected upstream;
 //! - a method nginx would refuse, or a target that is not origin-form, absolute-form or `*`;
@@ -43,8 +41,6 @@ impl HeaderLimits {
 pub enum Rejection {
     /// 400: malformed or ambiguous.
     BadRequest(&'static str),
-    /// 411: a body without Content-Length.
-    LengthRequired,
     /// 414: the request line is longer than one header buffer.
     UriTooLong,
     /// 431: a header field, or the whole header, is too large.
@@ -57,7 +53,6 @@ impl Rejection {
     pub fn status(self) -> u16 {
         match self {
             Rejection::BadRequest(_) => 400,
-            Rejection::LengthRequired => 411,
             Rejection::UriTooLong => 414,
             Rejection::HeaderTooLarge(_) => 431,
             Rejection::UnsupportedCoding => 501,
@@ -67,7 +62,6 @@ impl Rejection {
     pub fn reason(self) -> &'static str {
         match self {
             Rejection::BadRequest(reason) | Rejection::HeaderTooLarge(reason) => reason,
-            Rejection::LengthRequired => "request body without Content-Length (chunked)",
             Rejection::UriTooLong => "request line longer than large_client_header_buffers' size",
             Rejection::UnsupportedCoding => "Transfer-Encoding other than chunked",
         }
@@ -283,7 +277,7 @@ impl Framing {
                 "both Content-Length and Transfer-Encoding",
             )),
             (Some(false), false) => Err(Rejection::UnsupportedCoding),
-            (Some(true), false) => Err(Rejection::LengthRequired),
+            (Some(true), false) => Ok(()),
         }
     }
 }
@@ -338,6 +332,10 @@ mod tests {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
             "GET / HTTP/1.0\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nX-Note: Transfer-Encoding: chunked\r\n\r\n",
+            // A chunked body is framed unambiguously; the backend reads it whole (411 only
+            // with request buffering off, decided by the front door).
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding:\tChunked \r\n\r\n",
         ] {
             assert_eq!(check(head), Ok(()), "{head:?}");
         }
@@ -358,8 +356,6 @@ mod tests {
             ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 501),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n", 501),
-            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
-            ("POST / HTTP/1.1\r\ntransfer-encoding:\tChunked \r\n\r\n", 411),
         ] {
             assert_eq!(status(head), expected, "{head:?}");
         }

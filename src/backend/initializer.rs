@@ -112,7 +112,7 @@ impl Initializer {
             .await
             .map_err(|e| InitError::Misconfigured(format!("cannot read {source:?}: {e}")))?;
         let expected = self.socket_path.path_for(site);
-        check_vassal_socket(&text, site, &expected)
+        super::vassal::check_socket(&text, site, &expected)
             .map_err(|why| InitError::Misconfigured(format!("{source:?}: {why}")))?;
         // Not *.ini, so the emperor ignores it until the rename.
         let temporary = self.vassals_dir.join(format!(".{site}.ini.herald-tmp"));
@@ -127,59 +127,6 @@ impl Initializer {
             InitError::Failed(format!("cannot write {target:?}: {e}"))
         })
     }
-}
-
-/// Checks that the vassal's `http-socket` / `http11-socket` is `expected` once `%n` (the
-/// vassal's name, i.e. the site) is expanded.
-pub fn check_vassal_socket(vassal: &str, site: &str, expected: &str) -> Result<(), String> {
-    let mut in_uwsgi = false;
-    let mut found = Vec::new();
-    for line in vassal.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_uwsgi = line == "[uwsgi]";
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let key = key.trim().replace('_', "-");
-        if in_uwsgi && (key == "http-socket" || key == "http11-socket") {
-            found.push(expand_name(value.trim(), site)?);
-        }
-    }
-    if found.iter().any(|socket| socket == expected) {
-        Ok(())
-    } else if found.is_empty() {
-        Err(format!(
-            "no http-socket or http11-socket in [uwsgi]; Herald connects to {expected:?}"
-        ))
-    } else {
-        Err(format!(
-            "the app listens on {found:?} but Herald connects to {expected:?}; make the vassal's http-socket and backend.socket_path agree"
-        ))
-    }
-}
-
-fn expand_name(value: &str, site: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len() + site.len());
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push_str(site),
-            Some('%') => out.push('%'),
-            other => {
-                return Err(format!(
-                    "socket {value:?} uses %{} which Herald cannot check; use the full path or %n",
-                    other.map(String::from).unwrap_or_default()
-                ))
-            }
-        }
-    }
-    Ok(out)
 }
 
 impl ControlPlane {
@@ -235,35 +182,5 @@ async fn post_site(
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SITE: &str = "a.example";
-
-    #[test]
-    fn vassal_socket_must_be_where_herald_connects() {
-        let expected = "/run/herald/sockets/a.example.sock";
-        let ok = "[uwsgi]\nplugins = python3\nhttp11-socket = /run/herald/sockets/%n.sock\n";
-        assert_eq!(check_vassal_socket(ok, SITE, expected), Ok(()));
-        let literal = "[uwsgi]\nhttp_socket=/run/herald/sockets/a.example.sock\n";
-        assert_eq!(check_vassal_socket(literal, SITE, expected), Ok(()));
-        let elsewhere = "[uwsgi]\nhttp-socket = /tmp/%n.sock\n";
-        assert!(check_vassal_socket(elsewhere, SITE, expected)
-            .unwrap_err()
-            .contains("/tmp/a.example.sock"));
-        let none = "[uwsgi]\nsocket = /run/herald/sockets/%n.sock\n";
-        assert!(check_vassal_socket(none, SITE, expected)
-            .unwrap_err()
-            .contains("no http-socket"));
-        let other_section = "[other]\nhttp-socket = /run/herald/sockets/%n.sock\n[uwsgi]\n";
-        assert!(check_vassal_socket(other_section, SITE, expected).is_err());
-        let magic = "[uwsgi]\nhttp-socket = %d/%n.sock\n";
-        assert!(check_vassal_socket(magic, SITE, expected)
-            .unwrap_err()
-            .contains("%d"));
     }
 }

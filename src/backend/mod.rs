@@ -1,29 +1,43 @@
-//! The backend role: the site's uWSGI app listens on a unix socket (`http-socket`), and the
-//! request is proxied over it. When nothing listens there, the app is started (`starter`)
-//! and the request retried once; apps that go idle are stopped again (`reaper`).
+//! The backend role: the site's uWSGI app listens on a unix socket (`socket`, the uwsgi
+//! protocol, or `http-socket`), and the request is handed to it as nginx's `uwsgi_pass` does
+//! (`app`): the whole body first, then the environ, then the answer read at the app's speed.
+//! When nothing listens there, the app is started (`starter`) and the request retried once;
+//! apps that go idle are stopped again (`reaper`).
+//!
+//! A request's path through the hooks, top to bottom: `early_request_filter` screens the
+//! header; `request_filter` finds the site and its protocol and reads the body;
+//! `upstream_peer` starts the app if the last connect found nothing and picks the socket;
+//! `upstream_request_filter` makes the app's head (uwsgi packet or HTTP header);
+//! `fail_to_connect` decides between a start, a wait for a busy app and an error.
 
 pub mod activity;
+pub mod app;
 pub mod emperor;
 pub mod initializer;
 pub mod reaper;
 pub mod sites;
 pub mod socket_watch;
 pub mod starter;
+pub mod vassal;
 
 use crate::access_log::AccessLog;
 use crate::cidr::Cidr;
-use crate::config::{BackendConfig, UpstreamTimeouts};
-use crate::forwarding;
+use crate::config::{AppProtocol, BackendConfig, UpstreamTimeouts};
+use crate::forwarding::{self, Origin};
 use crate::frontdoor::{self, FrontDoor};
 use crate::listener;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
 use crate::request::{self, RequestState, X_REQUEST_ID};
 use activity::{Activity, SiteActivity};
+use app::exchange::{AppFailure, Exchange};
+use app::request_body::BodyOutcome;
+use app::spool::RequestBody;
+use app::Gateway;
 use async_trait::async_trait;
 use bytes::Bytes;
 use initializer::Initializer;
-use log::{info, warn};
+use log::{error, info, warn};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
@@ -45,6 +59,7 @@ pub struct BackendProxy {
     access_log: AccessLog,
     activity: Arc<Activity>,
     starter: Arc<Starter>,
+    gateway: Gateway,
     /// `server.max_retries`: Pingora's limit on upstream attempts per request.
     max_attempts: usize,
 }
@@ -71,6 +86,12 @@ pub struct BackendCtx {
     busy_since: Option<Instant>,
     /// How long to let a busy app drain its queue before the next connect.
     busy_pause: Option<Duration>,
+    /// What the site's app speaks.
+    protocol: AppProtocol,
+    /// The whole request body, read before the app is connected.
+    body: Option<Arc<RequestBody>>,
+    /// The current attempt's connection to the app, when Herald makes it.
+    exchange: Option<Arc<Exchange>>,
 }
 
 /// What a failed connect to an app's socket says about the app.
@@ -113,6 +134,22 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(5);
 const BUSY_MAX_PAUSE: Duration = Duration::from_millis(100);
 
+/// Whether the target's path is one nginx refuses (400) before passing anything on.
+fn refuse_bad_path(session: &Session) -> bool {
+    let target = session.req_header().raw_path();
+    // An absolute-form target is checked once it is in origin form, as the packet is made.
+    target.first() == Some(&b'/') && app::uri::document_uri(target).is_err()
+}
+
+/// The page for a temp file that could not be made or written.
+fn storage_page(e: &app::spool::StorageError) -> &'static pages::Page {
+    if e.is_full() {
+        &pages::STORAGE_FULL
+    } else {
+        &pages::STORAGE_ERROR
+    }
+}
+
 impl BackendProxy {
     fn is_trusted(&self, session: &Session) -> bool {
         forwarding::client_ip(session)
@@ -134,6 +171,9 @@ impl ProxyHttp for BackendProxy {
             attempts: 0,
             busy_since: None,
             busy_pause: None,
+            protocol: AppProtocol::Uwsgi,
+            body: None,
+            exchange: None,
         }
     }
 
@@ -154,15 +194,50 @@ impl ProxyHttp for BackendProxy {
         // The edge's id, so its log line and this one can be matched.
         ctx.request.identify(session, self.is_trusted(session));
         let site = admitted.site;
-        if !self.sites.is_known(&site) {
+        let Some(protocol) = self.sites.lookup(&site) else {
             self.front_door
                 .pages()
                 .send(session, &pages::UNKNOWN_SITE)
                 .await?;
             return Ok(true);
+        };
+        ctx.protocol = protocol;
+        if protocol == AppProtocol::Uwsgi && refuse_bad_path(session) {
+            // What nginx refuses before the app is involved; checked before the app starts.
+            self.front_door
+                .pages()
+                .send(session, &pages::BAD_PATH)
+                .await?;
+            return Ok(true);
         }
-        ctx.activity = Some(self.activity.begin_request(&site));
         ctx.request.site = site;
+        self.front_door.send_continue_if_expected(session).await?;
+        let page = match self
+            .gateway
+            .read_body(session, ctx.request.websocket, self.front_door.max_body())
+            .await?
+        {
+            BodyOutcome::Empty => None,
+            BodyOutcome::Complete(body) => {
+                ctx.body = Some(body);
+                None
+            }
+            BodyOutcome::TooLarge => Some(&pages::BODY_TOO_LARGE),
+            BodyOutcome::Storage(e) => {
+                error!(
+                    "site {}: cannot buffer the request body: {e}",
+                    ctx.request.site
+                );
+                metrics::buffer_failed("request");
+                Some(storage_page(&e))
+            }
+        };
+        if let Some(page) = page {
+            self.front_door.pages().send(session, page).await?;
+            return Ok(true);
+        }
+        // Only now: a slow upload must not keep its app from being stopped when idle.
+        ctx.activity = Some(self.activity.begin_request(&ctx.request.site));
         Ok(false)
     }
 
@@ -219,6 +294,15 @@ impl ProxyHttp for BackendProxy {
             ctx.request.websocket,
             &mut peer.options,
         );
+        ctx.exchange = self.gateway.exchange(
+            ctx.protocol,
+            ctx.body.clone(),
+            ctx.request.websocket,
+            &self.upstream,
+        );
+        if let Some(exchange) = &ctx.exchange {
+            peer.options.custom_l4 = Some(Gateway::connector(exchange));
+        }
         ctx.request.upstream_chosen();
         Ok(Box::new(peer))
     }
@@ -230,7 +314,24 @@ impl ProxyHttp for BackendProxy {
         ctx: &mut BackendCtx,
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
+        forwarding::strip_expect(upstream_request);
         upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
+        // Only a trusted hop (the edge) may tell the app who the client is.
+        let trusted = self.is_trusted(session);
+        let origin = Origin::of_request(session, trusted);
+        if !(trusted && forwarding::has_forwarding_headers(upstream_request)) {
+            forwarding::replace_forwarding_headers(upstream_request, &origin)?;
+        }
+        if let Some(exchange) = &ctx.exchange {
+            let request = app::Request {
+                site: &ctx.request.site,
+                protocol: ctx.protocol,
+                origin: &origin,
+                websocket: ctx.request.websocket,
+                received: session.req_header(),
+            };
+            return self.gateway.prepare(exchange, upstream_request, &request);
+        }
         // An upgrade (Pingora kept `Upgrade` only for a WebSocket) keeps the `Connection:
         // Upgrade` Pingora set: an app may refuse a handshake without it, and an upgraded
         // connection is never pooled anyway.
@@ -240,15 +341,7 @@ impl ProxyHttp for BackendProxy {
             // Tells Pingora not to pool the connection: the app closes it after answering.
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
-        // Only a trusted hop (the edge) may tell the app who the client is.
-        if self.is_trusted(session) && forwarding::has_forwarding_headers(upstream_request) {
-            return Ok(());
-        }
-        forwarding::replace_forwarding_headers(
-            upstream_request,
-            forwarding::client_ip(session),
-            "http",
-        )
+        Ok(())
     }
 
     fn error_while_proxy(
@@ -335,6 +428,29 @@ impl ProxyHttp for BackendProxy {
         e: &Error,
         ctx: &mut BackendCtx,
     ) -> FailToProxy {
+        let failure = ctx.exchange.as_ref().and_then(|x| x.take_failure());
+        if let Some(failure) = failure {
+            let page = match &failure {
+                AppFailure::Storage(e) => {
+                    error!(
+                        "site {}: cannot buffer the app's answer: {e}",
+                        ctx.request.site
+                    );
+                    metrics::buffer_failed("answer");
+                    storage_page(e)
+                }
+                AppFailure::SendTimeout => &pages::TIMEOUT,
+            };
+            if session.response_written().is_none() {
+                if let Err(e) = self.front_door.pages().send(session, page).await {
+                    log::debug!("could not send the {} page: {e}", page.status);
+                }
+            }
+            return FailToProxy {
+                error_code: page.status,
+                can_reuse_downstream: false,
+            };
+        }
         self.front_door
             .pages()
             .answer_proxy_failure(session, e, ctx.failure, &pages::APP_UNAVAILABLE)
@@ -349,6 +465,16 @@ impl ProxyHttp for BackendProxy {
     ) -> Result<()> {
         ctx.request
             .upstream_answered(session, upstream_response, &self.metrics);
+        // nginx passes none of an app's X-Accel-* instructions (X-Accel-Buffering, ...) on.
+        let accel: Vec<http::HeaderName> = upstream_response
+            .headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-accel-"))
+            .cloned()
+            .collect();
+        for name in accel {
+            upstream_response.remove_header(&name);
+        }
         Ok(())
     }
 
@@ -376,6 +502,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
     let sites = Arc::new(Sites::new(
         config.sites_dir.clone(),
         config.socket_path.clone(),
+        config.gateway.app_protocol,
     ));
     let activity = Arc::new(Activity::new());
     let initializer = Arc::new(Initializer::new(
@@ -396,7 +523,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         emperor.clone(),
     ));
     let proxy = BackendProxy {
-        front_door: FrontDoor::new(&config.frontend),
+        front_door: FrontDoor::new(&config.frontend, !config.gateway.request_buffering),
         sites: sites.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
         upstream: config.upstream,
@@ -404,6 +531,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         access_log: AccessLog::for_role("backend", &config.frontend),
         activity: activity.clone(),
         starter,
+        gateway: Gateway::new(&config.gateway),
         max_attempts: server.configuration.max_retries,
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);

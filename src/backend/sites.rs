@@ -1,23 +1,84 @@
-//! The sites this backend knows, and where each one's app listens.
+//! The sites this backend knows, where each one's app listens, and which protocol it speaks.
 
-use crate::config::SocketTemplate;
+use super::vassal;
+use crate::config::{AppProtocol, SocketTemplate};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::RwLock;
 
 pub struct Sites {
     sites_dir: PathBuf,
     socket_path: SocketTemplate,
+    default_protocol: AppProtocol,
+    /// What each vassal file said, and which version of the file said it.
+    declared: RwLock<HashMap<String, Declared>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    modified: i64,
+    modified_nsec: i64,
+    inode: u64,
+    len: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Declared {
+    version: FileVersion,
+    protocol: Option<AppProtocol>,
 }
 
 impl Sites {
-    pub fn new(sites_dir: PathBuf, socket_path: SocketTemplate) -> Self {
+    pub fn new(
+        sites_dir: PathBuf,
+        socket_path: SocketTemplate,
+        default_protocol: AppProtocol,
+    ) -> Self {
         Sites {
             sites_dir,
             socket_path,
+            default_protocol,
+            declared: RwLock::new(HashMap::new()),
         }
     }
 
-    /// A site is known when its vassal file is in `sites_dir` ("sites available").
-    /// `site` must come from `host::parse_site`, which keeps it a plain file name.
+    /// A site is known when its vassal file is in `sites_dir` ("sites available"); then the
+    /// protocol its app speaks: what its vassal file says, or `backend.app_protocol`. The file
+    /// is read again only when it changes. `site` must come from `host::parse_site`, which
+    /// keeps it a plain file name.
+    pub fn lookup(&self, site: &str) -> Option<AppProtocol> {
+        let path = self.vassal_file(site);
+        let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+        let version = FileVersion {
+            modified: meta.mtime(),
+            modified_nsec: meta.mtime_nsec(),
+            inode: meta.ino(),
+            len: meta.len(),
+        };
+        let cached = self
+            .declared
+            .read()
+            .expect("never poisoned")
+            .get(site)
+            .copied();
+        let protocol = match cached {
+            Some(declared) if declared.version == version => declared.protocol,
+            _ => {
+                // Unreadable now (being replaced, say): the default, and another look next time.
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let protocol =
+                    vassal::declared_protocol(&text, site, &self.socket_path.path_for(site));
+                self.declared
+                    .write()
+                    .expect("never poisoned")
+                    .insert(site.to_owned(), Declared { version, protocol });
+                protocol
+            }
+        };
+        Some(protocol.unwrap_or(self.default_protocol))
+    }
+
     pub fn is_known(&self, site: &str) -> bool {
         self.vassal_file(site).is_file()
     }
@@ -36,15 +97,43 @@ mod tests {
     use super::*;
     use crate::host::parse_site;
 
+    fn sites_in(dir: &std::path::Path) -> Sites {
+        let yaml = format!(
+            "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {0}\n  vassals_dir: {0}\n  socket_path: {0}/{{host}}.sock\n",
+            dir.display()
+        );
+        let config = crate::config::parse_for_tests(&yaml).backend.unwrap();
+        Sites::new(
+            config.sites_dir.clone(),
+            config.socket_path.clone(),
+            AppProtocol::Uwsgi,
+        )
+    }
+
+    #[test]
+    fn a_site_speaks_what_its_vassal_says_even_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let sites = sites_in(dir.path());
+        assert_eq!(sites.lookup("a.example"), None);
+        let ini = dir.path().join("a.example.ini");
+        std::fs::write(&ini, "[uwsgi]\nhttp-socket = x\n").unwrap();
+        assert_eq!(sites.lookup("a.example"), Some(AppProtocol::Http));
+        std::fs::write(&ini, "[uwsgi]\nsocket = the new one\n").unwrap();
+        assert_eq!(sites.lookup("a.example"), Some(AppProtocol::Uwsgi));
+        std::fs::write(&ini, "[uwsgi]\nplugins = python3\n").unwrap();
+        assert_eq!(
+            sites.lookup("a.example"),
+            Some(AppProtocol::Uwsgi),
+            "unsaid: the default"
+        );
+        std::fs::remove_file(&ini).unwrap();
+        assert_eq!(sites.lookup("a.example"), None);
+    }
+
     #[test]
     fn paths_stay_inside_their_directories() {
         let template_dir = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {0}\n  vassals_dir: {0}\n  socket_path: {0}/{{host}}.sock\n",
-            template_dir.path().display()
-        );
-        let config = crate::config::parse_for_tests(&yaml).backend.unwrap();
-        let sites = Sites::new(config.sites_dir.clone(), config.socket_path.clone());
+        let sites = sites_in(template_dir.path());
         for raw in ["a.example", "A.Example.:81", "x--y.z"] {
             let site = parse_site(raw.as_bytes(), false).unwrap();
             let vassal = sites.vassal_file(&site);
@@ -100,7 +189,7 @@ mod tests {
                 sockets_dir.path().display()
             );
             let config = crate::config::parse_for_tests(&yaml).backend.unwrap();
-            let sites = Sites::new(config.sites_dir.clone(), config.socket_path.clone());
+            let sites = Sites::new(config.sites_dir.clone(), config.socket_path.clone(), AppProtocol::Uwsgi);
             (sites_dir, sockets_dir, sites)
         });
         (sites_dir.path(), sockets_dir.path(), sites)

@@ -131,6 +131,57 @@ pub struct BackendSection {
     pub retry_after: Option<Scalar>,
     pub idle_timeout: Option<Scalar>,
     pub emperor_stats: Option<String>,
+    pub app_protocol: Option<AppProtocolName>,
+    pub document_root: Option<String>,
+    pub buffering: Option<BufferingSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocolName {
+    Uwsgi,
+    Http,
+}
+
+/// nginx's buffering settings for the backend's apps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferingSection {
+    pub request_buffering: Option<Switch>,
+    pub client_body_buffer_size: Option<Scalar>,
+    pub client_body_temp_path: Option<String>,
+    pub response_buffering: Option<Switch>,
+    /// `NUMBER SIZE`, as nginx writes it: `8 4k`.
+    pub proxy_buffers: Option<Scalar>,
+    pub proxy_max_temp_file_size: Option<Scalar>,
+    pub proxy_temp_path: Option<String>,
+}
+
+/// nginx's `on`/`off`, or a YAML boolean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch(pub bool);
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SwitchVisitor;
+        impl Visitor<'_> for SwitchVisitor {
+            type Value = Switch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("on or off")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Switch, E> {
+                Ok(Switch(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Switch, E> {
+                match v {
+                    "on" => Ok(Switch(true)),
+                    "off" => Ok(Switch(false)),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(SwitchVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

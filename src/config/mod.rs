@@ -151,6 +151,38 @@ pub struct BackendConfig {
     /// The uWSGI emperor's stats server, connected to after a vassal changes so that the
     /// emperor scans its directory at once instead of at its next period.
     pub emperor_stats: Option<StatsAddress>,
+    /// How requests are handed to apps: protocol, environ, buffering.
+    pub gateway: GatewayConfig,
+}
+
+/// How an app's socket is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// uWSGI's `socket`: the uwsgi protocol, with the CGI environ nginx's `uwsgi_pass` builds.
+    Uwsgi,
+    /// uWSGI's `http-socket`: HTTP/1.1, with `X-Forwarded-*`.
+    Http,
+}
+
+/// nginx's application-gateway settings, under nginx's names where nginx has one.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// For sites whose vassal file does not say.
+    pub app_protocol: AppProtocol,
+    /// `DOCUMENT_ROOT` in the environ, `{host}` replaced by the site; empty when unset.
+    pub document_root: Option<String>,
+    /// Read the whole request body before connecting to the app (`proxy_request_buffering`).
+    pub request_buffering: bool,
+    /// A body larger than this goes to a temp file (`client_body_buffer_size`).
+    pub client_body_buffer_size: usize,
+    pub client_body_temp_path: PathBuf,
+    /// Read the app's answer as fast as it writes it (`proxy_buffering`).
+    pub response_buffering: bool,
+    /// Memory for an answer the client has not taken yet (`proxy_buffers`: number × size).
+    pub proxy_buffers: usize,
+    /// The most of one answer kept in a temp file; past it the app waits for the client.
+    pub proxy_max_temp_file_size: u64,
+    pub proxy_temp_path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

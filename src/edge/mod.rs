@@ -85,6 +85,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx.request.site = admitted.site;
                 ctx.request.client_slot = admitted.client_slot;
                 ctx.request.websocket = admitted.websocket;
+                self.front_door.send_continue_if_expected(session).await?;
                 Ok(false)
             }
             None => Ok(true),
@@ -129,12 +130,14 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
+        forwarding::strip_expect(upstream_request);
         upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
-        // The edge is the outermost hop: nothing the client says about itself is kept.
+        // The edge is the outermost hop: nothing the client says about itself is kept. The
+        // backend builds the app's environ (REMOTE_ADDR, REMOTE_PORT, SERVER_PORT, HTTPS) from
+        // what the edge saw.
         forwarding::replace_forwarding_headers(
             upstream_request,
-            forwarding::client_ip(session),
-            forwarding::scheme(session),
+            &forwarding::Origin::of_connection(session),
         )
     }
 
@@ -267,7 +270,7 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         config.frontend.listen
     );
     let proxy = EdgeProxy {
-        front_door: FrontDoor::new(&config.frontend),
+        front_door: FrontDoor::new(&config.frontend, false),
         placement: placement.clone(),
         upstream: config.upstream,
         retry_idempotent: config.retry_idempotent,

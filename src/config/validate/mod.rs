@@ -15,6 +15,8 @@ use crate::tls::store::{CertStore, Event};
 use std::collections::HashSet;
 use std::fmt;
 
+mod gateway;
+
 const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
 const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 // nginx's defaults, under nginx's names (`limits:`).
@@ -507,6 +509,16 @@ impl Checker {
                 None
             }
         });
+        let gateway = self.gateway(&raw);
+        if !upstream.keepalive.is_zero()
+            && (gateway.request_buffering || gateway.response_buffering)
+        {
+            self.warn(
+                "backend.upstream_keepalive_timeout",
+                "only used for http apps with request_buffering and response_buffering off: \
+                 a buffered exchange always closes its connection",
+            );
+        }
         BackendConfig {
             frontend,
             sites_dir,
@@ -516,6 +528,7 @@ impl Checker {
             upstream,
             starts,
             emperor_stats,
+            gateway,
         }
     }
 

@@ -1,0 +1,305 @@
+//! The connection to an app's socket, as Pingora sees it: a `custom_l4` connector
+//! (`AppConnector`), so that a failed connect is still a connect failure (`fail_to_connect`
+//! starts the app and retries), and the stream it returns (`AppStream`), which
+//!
+//! - replaces the HTTP/1.1 header Pingora writes with the exchange's head (a uwsgi packet, or
+//!   an HTTP header with the buffered body's length), then sends the buffered body itself;
+//! - hands Pingora the app's answer from the `answer` task, which reads it at the app's speed.
+//!
+//! Pingora never pools these connections (the hooks send `Connection: close`), so one
+//! request's bytes never meet another's.
+
+use super::answer::{self, find};
+use super::exchange::{AnswerMode, AppFailure, Exchange};
+use super::spool::{Fifo, RequestBody};
+use async_trait::async_trait;
+use bytes::{Buf, Bytes};
+use pingora::connectors::L4Connect;
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+/// Pingora's request header is at most this large (its own limit is lower).
+const MAX_HEAD: usize = 2 << 20;
+
+#[derive(Debug)]
+pub struct AppConnector {
+    pub exchange: Arc<Exchange>,
+}
+
+#[async_trait]
+impl L4Connect for AppConnector {
+    async fn connect(&self, addr: &SocketAddr) -> Result<Stream> {
+        let path = addr
+            .as_unix()
+            .and_then(|a| a.as_pathname())
+            .ok_or_else(|| Error::explain(InternalError, "an app's peer is a unix socket"))?;
+        let timeout = self.exchange.connect_timeout;
+        let socket =
+            match tokio::time::timeout(timeout, pingora::protocols::l4::ext::connect_uds(path))
+                .await
+            {
+                Ok(connected) => connected?,
+                Err(_) => {
+                    return Error::e_explain(
+                        ConnectTimedout,
+                        format!("timeout {timeout:?} connecting to {}", path.display()),
+                    )
+                }
+            };
+        let stream = AppStream::new(socket, self.exchange.clone());
+        Ok(Stream::from(VirtualSocketStream::new(Box::new(stream))))
+    }
+}
+
+pub struct AppStream {
+    writer: OwnedWriteHalf,
+    reader: Reader,
+    exchange: Arc<Exchange>,
+    state: WriteState,
+    /// Bytes of Herald's own to send before anything else Pingora writes.
+    out: VecDeque<Bytes>,
+    /// The buffered body and how much of it is sent.
+    body: Option<(Arc<RequestBody>, u64)>,
+    /// Armed while the app does not take what is sent (`proxy_send_timeout`).
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Nothing of the answer has been read yet.
+    first_read: bool,
+}
+
+enum WriteState {
+    /// Pingora's request header is arriving.
+    Head(Vec<u8>),
+    /// After the header: Pingora's body bytes go to the app, or (for a buffered body, which
+    /// Pingora was told is empty) there are none.
+    Body { from_pingora: bool },
+}
+
+enum Reader {
+    Direct(OwnedReadHalf),
+    Buffered {
+        from_app: mpsc::Receiver<io::Result<Bytes>>,
+        current: Bytes,
+    },
+}
+
+impl AppStream {
+    fn new(socket: tokio::net::UnixStream, exchange: Arc<Exchange>) -> AppStream {
+        let (read_half, writer) = socket.into_split();
+        let reader = match &exchange.answer {
+            AnswerMode::Direct => Reader::Direct(read_half),
+            AnswerMode::Buffered(buffers) => {
+                let (to_client, from_app) = mpsc::channel(1);
+                let fifo = Fifo::new(
+                    buffers.memory,
+                    buffers.max_temp_file,
+                    Some(buffers.temp_dir.clone()),
+                );
+                tokio::spawn(answer::pump(read_half, to_client, fifo, exchange.clone()));
+                Reader::Buffered {
+                    from_app,
+                    current: Bytes::new(),
+                }
+            }
+        };
+        AppStream {
+            writer,
+            reader,
+            exchange,
+            state: WriteState::Head(Vec::with_capacity(1024)),
+            out: VecDeque::new(),
+            body: None,
+            stalled: None,
+            first_read: true,
+        }
+    }
+
+    /// Pingora's header is complete: queue what the app gets instead, and the body.
+    fn head_complete(&mut self, mut seen: Vec<u8>, end: usize) {
+        let extra = seen.split_off(end);
+        let head = self
+            .exchange
+            .take_head()
+            .unwrap_or_else(|| Bytes::from(seen));
+        self.out.push_back(head);
+        match &self.exchange.body {
+            Some(body) => {
+                self.body = Some((body.clone(), 0));
+                self.state = WriteState::Body {
+                    from_pingora: false,
+                };
+            }
+            None => {
+                if !extra.is_empty() {
+                    self.out.push_back(Bytes::from(extra));
+                }
+                self.state = WriteState::Body { from_pingora: true };
+            }
+        }
+    }
+
+    /// Sends Herald's own bytes (the head, the buffered body) until none are left.
+    fn poll_send_own(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(front) = self.out.front_mut() {
+                match Pin::new(&mut self.writer).poll_write(cx, front) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        front.advance(n);
+                        if front.is_empty() {
+                            self.out.pop_front();
+                        }
+                        self.stalled = None;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return self.poll_stall(cx),
+                }
+                continue;
+            }
+            let Some((body, sent)) = &mut self.body else {
+                return Poll::Ready(Ok(()));
+            };
+            let chunk = body.read_at(*sent)?;
+            if chunk.is_empty() {
+                self.body = None;
+            } else {
+                *sent += chunk.len() as u64;
+                self.out.push_back(chunk);
+            }
+        }
+    }
+
+    /// The app takes nothing: fail once it has taken nothing for `proxy_send_timeout`.
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let timeout = self.exchange.send_timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.exchange.fail(AppFailure::SendTimeout);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the app read nothing for {timeout:?}"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for AppStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match &mut this.state {
+            WriteState::Head(seen) => {
+                let start = seen.len().saturating_sub(3);
+                seen.extend_from_slice(buf);
+                if let Some(i) = find(&seen[start..], b"\r\n\r\n") {
+                    let seen = std::mem::take(seen);
+                    this.head_complete(seen, start + i + 4);
+                } else if seen.len() > MAX_HEAD {
+                    return Poll::Ready(Err(io::Error::other("request header without an end")));
+                }
+                Poll::Ready(Ok(buf.len()))
+            }
+            WriteState::Body { from_pingora } => {
+                let from_pingora = *from_pingora;
+                ready!(this.poll_send_own(cx))?;
+                if from_pingora {
+                    Pin::new(&mut this.writer).poll_write(cx, buf)
+                } else {
+                    // Pingora was told the body is empty; it has nothing to add.
+                    Poll::Ready(Ok(buf.len()))
+                }
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if matches!(this.state, WriteState::Head(_)) {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_send_own(cx))?;
+        Pin::new(&mut this.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !matches!(this.state, WriteState::Head(_)) {
+            ready!(this.poll_send_own(cx))?;
+        }
+        Pin::new(&mut this.writer).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for AppStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.first_read {
+            return this.reader.poll_read(cx, buf);
+        }
+        let start = buf.filled().len();
+        ready!(this.reader.poll_read(cx, buf))?;
+        this.first_read = false;
+        // An app told `SERVER_PROTOCOL: HTTP/2.0` (an HTTP/2 browser, as nginx tells it) answers
+        // `HTTP/2.0 200 OK`: the same answer in HTTP/1.1, which is what Pingora reads here.
+        let status_line = &mut buf.filled_mut()[start..];
+        if this.exchange.has_http2_status_line() && status_line.starts_with(b"HTTP/2.0 ") {
+            status_line[..8].copy_from_slice(b"HTTP/1.1");
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Reader {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Reader::Direct(read_half) => Pin::new(read_half).poll_read(cx, buf),
+            Reader::Buffered { from_app, current } => loop {
+                if !current.is_empty() {
+                    let n = current.len().min(buf.remaining()).min(16 << 10);
+                    buf.put_slice(&current[..n]);
+                    current.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                match ready!(from_app.poll_recv(cx)) {
+                    Some(Ok(chunk)) => *current = chunk,
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => return Poll::Ready(Ok(())),
+                }
+            },
+        }
+    }
+}
+
+impl VirtualSocket for AppStream {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> io::Result<()> {
+        Ok(()) // TCP options mean nothing on a unix socket
+    }
+}
+
+impl std::fmt::Debug for AppStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppStream")
+            .field("exchange", &self.exchange)
+            .finish_non_exhaustive()
+    }
+}
