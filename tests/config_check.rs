@@ -114,6 +114,16 @@ fn broken_configs_are_rejected_naming_file_and_field() {
         ("bad-health-host", format!("{}  health_host: Not_A_Host\n", backend("")), vec!["backend.health_host: \"Not_A_Host\" must be a lowercase host name"]),
         ("bad-websocket-idle", format!("{}  websocket_idle_timeout: 0\nedge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80]\n  websocket_idle_timeout: 1 hour\n", backend("")),
             vec!["backend.websocket_idle_timeout: must be more than 0", "edge.websocket_idle_timeout: invalid duration"]),
+        ("bad-app-protocol", backend("  app_protocol: fastcgi\n"), vec!["backend.app_protocol: unknown variant `fastcgi`"]),
+        ("bad-switch", backend("  buffering:\n    request_buffering: maybe\n"),
+            vec!["backend.buffering.request_buffering: invalid value: string \"maybe\", expected on or off"]),
+        ("bad-buffering", backend("  document_root: relative/{host}\n  buffering:\n    proxy_buffers: 1 4k\n    client_body_buffer_size: 16q\n    proxy_temp_path: /nonexistent/tmp\n    client_body_temp_path: relative\n    proxy_max_temp_file_size: lots\n"),
+            vec!["backend.document_root: \"relative/{host}\" must be an absolute path",
+                 "backend.buffering.proxy_buffers: \"1 4k\": needs at least 2 buffers",
+                 "backend.buffering.client_body_buffer_size: invalid size",
+                 "backend.buffering.proxy_temp_path: directory \"/nonexistent/tmp\" does not exist",
+                 "backend.buffering.client_body_temp_path: \"relative\" must be an absolute path",
+                 "backend.buffering.proxy_max_temp_file_size: invalid size"]),
     ];
     fs::write(
         root.path().join("bad-backends"),

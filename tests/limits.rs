@@ -69,14 +69,20 @@ fn client_max_body_size_refuses_large_bodies_before_they_reach_the_app() {
         let resp = send_raw(port, &raw);
         assert_eq!(resp.status, 413);
         assert!(resp.text().contains("larger than this server accepts"));
-        // A body without Content-Length is refused before it is read: uWSGI's http-socket
-        // cannot read a chunked one.
+        // A chunked body is counted as it arrives: past the limit, 413 too.
         let mut raw = b"POST / HTTP/1.1\r\nHost: limits.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n800\r\n".to_vec();
         raw.extend_from_slice(&[b'y'; 0x800]);
         raw.extend_from_slice(b"\r\n0\r\n\r\n");
         let resp = send_raw(port, &raw);
-        assert_eq!(resp.status, 411);
-        assert!(resp.text().contains("Content-Length"));
+        assert_eq!(resp.status, 413, "{}", resp.text());
+        assert!(resp.text().contains("larger than this server accepts"));
+        // Within it, the app gets the whole body and its length.
+        let mut raw = b"POST / HTTP/1.1\r\nHost: limits.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n200\r\n".to_vec();
+        raw.extend_from_slice(&[b'y'; 0x200]);
+        raw.extend_from_slice(b"\r\n0\r\n\r\n");
+        let answer = send_raw(port, &raw).json();
+        assert_eq!(answer["body_length"], 0x200);
+        assert_eq!(answer["environ"]["CONTENT_LENGTH"], "512");
         // Within the limit, the body arrives.
         let mut raw = b"POST / HTTP/1.1\r\nHost: limits.example\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n".to_vec();
         raw.extend_from_slice(&[b'z'; 1024]);

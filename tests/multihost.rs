@@ -140,7 +140,8 @@ fn site(i: usize) -> String {
 }
 
 /// A backend host: its emperor runs one app for every site (each site's socket is a link
-/// to it) that answers with the host's name, and herald's backend role in front.
+/// to it) that answers with the host's name, and herald's backend role in front. The app is
+/// an `http-socket` one, and the sites' vassal files say nothing: `app_protocol: http`.
 struct BackendHost {
     _emperor: Process,
     _herald: Herald,
@@ -181,7 +182,7 @@ fn start_backend_host(network: &Network, root: &Path, name: &str, addr: &str) ->
         std::os::unix::net::UnixStream::connect(&shared).is_ok()
     });
     let yaml = format!(
-        "backend:\n  listen: ['{addr}:{BACKEND_PORT}']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}/{{host}}.sock\n  trusted_proxies: [10.213.0.0/24]\n  idle_timeout: 0\n",
+        "backend:\n  listen: ['{addr}:{BACKEND_PORT}']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}/{{host}}.sock\n  trusted_proxies: [10.213.0.0/24]\n  idle_timeout: 0\n  app_protocol: http\n",
         sites.display(),
         vassals.display(),
         sockets.display()

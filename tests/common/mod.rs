@@ -328,6 +328,16 @@ impl Herald {
     pub fn log(&self) -> String {
         self.process.log()
     }
+
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    /// Kills the process (and its group) with SIGKILL, as the OOM killer would.
+    pub fn kill_hard(&mut self) {
+        self.process.signal_group(libc::SIGKILL);
+        let _ = self.process.child.wait();
+    }
 }
 
 /// Runs herald to completion with `args` (for `-t`, `--help`).
