@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Herald (edge + backend) against nginx + Lua (edge) and nginx (backend, 502 -> initializer),
 the setup of the PythonAnywhere talk, on one machine, sharing one uWSGI emperor and its apps.
+The apps speak the uwsgi protocol (`socket =`, nginx's `uwsgi_pass`) or HTTP (`http-socket =`,
+nginx's `proxy_pass`): one set of warm sites each. A last scenario puts slow readers of a large
+page on a one-worker app and measures a fast client of the same site.
 
 Both topologies run alternately in the same run, several rounds; the medians and the ratio
 Herald / nginx are printed and written to BENCHMARKS.md with a chart (bench/results.svg).
@@ -21,10 +24,13 @@ import tempfile
 import threading
 import time
 
+import wire  # beside this file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERALD = os.path.join(REPO, "target", "release", "herald")
 APP = os.path.join(REPO, "demo", "app.py")
-WARM_SITES = 200
+GATEWAY_APP = os.path.join(REPO, "tests", "apps", "gateway_app.py")  # /big?n=BYTES
+WARM_SITES = 200  # of each protocol: w0..w199 (uwsgi) and hw0..hw199 (http-socket)
 COLD_SITES = 10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -100,14 +106,15 @@ def unix_up(path):
         s.close()
 
 
-def unix_answers(path, host):
+def unix_answers(path, host, protocol):
     """Whether the app on the unix socket answers a request with 200 (a request sent before the
-    app is ready waits in the socket's queue, as a proxied one would)."""
+    app is ready waits in the socket's queue, as a proxied one would); `protocol` is the one its
+    vassal declares ("uwsgi" or "http")."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(60)
     try:
         s.connect(path)
-        s.sendall(("GET /hello HTTP/1.0\r\nHost: %s\r\n\r\n" % host).encode())
+        s.sendall(wire.request(protocol, host, "/hello"))
         answer = b""
         while True:
             chunk = s.recv(65536)
@@ -191,6 +198,92 @@ def wrk(port, duration, host=None, script=None, connections=32, close=False):
             "p50_ms": lat["50"], "p99_ms": lat["99"]}
 
 
+class SlowReaders:
+    """`count` clients that each GET `target` (a large page) through `port` and read it at about
+    `rate` bytes/s, as a phone on a poor network does, starting over if it ends, until stop() or
+    `deadline`. A small receive buffer keeps the page from piling up in the reader's own kernel:
+    what is not read yet waits in the proxies (their buffers, their sockets) or, unbuffered, in
+    the app, whose only worker it then holds."""
+
+    PIECE = 1024  # bytes per read; the pause after each keeps the pace
+
+    def __init__(self, port, host, target, count, rate, deadline):
+        self.port, self.host, self.target, self.rate, self.deadline = port, host, target, rate, deadline
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.answered = set()  # readers whose first answer has begun (status line read)
+        self.errors = []
+        self.received = 0
+        self.began = None
+        self.threads = [threading.Thread(target=self.reader, args=(i,), daemon=True) for i in range(count)]
+
+    def start(self):
+        self.began = time.time()
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        """Every reader closes its connection (the proxies drop their side) and ends."""
+        self.stopping.set()
+        end = time.time() + 10
+        for t in self.threads:
+            t.join(timeout=max(0.0, end - time.time()))
+        return {"answered": len(self.answered), "errors": len(self.errors), "error_examples": self.errors[:3],
+                "kib_per_s_each": self.received / 1024 / max(time.time() - self.began, 0.001) / max(len(self.threads), 1)}
+
+    def running(self):
+        return not self.stopping.is_set() and time.time() < self.deadline
+
+    def reader(self, i):
+        while self.running():
+            try:
+                self.read_once(i)
+            except (OSError, ValueError) as e:
+                if self.running():
+                    with self.lock:
+                        self.errors.append("%s: %s" % (type(e).__name__, e))
+                return  # one error per reader at most: no tight loop on a refusing server
+
+    def read_once(self, i):
+        s = socket.socket()
+        # Before connect, so the window announced in the handshake is small already.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(1)  # recv wakes up at least every second to see stop()
+        try:
+            s.connect(("127.0.0.1", self.port))
+            s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (self.target, self.host)).encode())
+            began, got, head, expected = time.time(), 0, b"", None
+            while self.running():
+                try:
+                    piece = s.recv(self.PIECE)
+                except socket.timeout:
+                    continue
+                if not piece:
+                    break
+                got += len(piece)
+                with self.lock:
+                    self.received += len(piece)
+                if expected is None:
+                    head += piece
+                    if b"\r\n\r\n" in head:
+                        header = head.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+                        status = header.split(" ", 2)[1]
+                        if status != "200":
+                            raise ValueError("status %s" % status)
+                        with self.lock:
+                            self.answered.add(i)
+                        length = re.search(r"(?im)^content-length:\s*(\d+)", header)
+                        expected = len(header) + 4 + int(length.group(1)) if length else -1
+                # Pace by the total so far: about `rate` bytes/s whatever each recv returned.
+                self.stopping.wait(max(0.0, began + got / self.rate - time.time()))
+            else:
+                return  # stopped or out of time: not an error
+            if expected != -1 and got != expected:
+                raise ValueError("connection closed after %d of %s bytes" % (got, expected))
+        finally:
+            s.close()
+
+
 class Bench:
     def __init__(self, root, args):
         self.root = root
@@ -199,10 +292,13 @@ class Bench:
         self.sites = os.path.join(root, "sites")
         self.vassals = os.path.join(root, "vassals")
         self.sockets = os.path.join(root, "sockets")
-        for d in (self.sites, self.vassals, self.sockets, os.path.join(root, "logs")):
+        # Herald's request bodies and answers buffered to disk (unnamed files; nginx's have
+        # their own directories, made by nginx).
+        self.herald_tmp = os.path.join(root, "herald-tmp")
+        for d in (self.sites, self.vassals, self.sockets, self.herald_tmp, os.path.join(root, "logs")):
             os.makedirs(d)
         with open(os.path.join(REPO, "demo", "vassal.ini.template")) as f:
-            self.template = f.read().replace("@SOCKET_DIR@", self.sockets).replace("@APP@", APP)
+            self.template = f.read().replace("@SOCKET_DIR@", self.sockets)
 
     def spawn(self, name, args, **kw):
         proc = Proc(name, args, os.path.join(self.root, "logs", name + ".log"), **kw)
@@ -213,17 +309,40 @@ class Bench:
         for proc in reversed(self.procs):
             proc.stop()
 
-    def site(self, name, enabled):
+    def vassal(self, socket_line=None, app=APP):
+        """The demo's vassal template (the uwsgi protocol on the site's unix socket), or the same
+        with its one socket line replaced, e.g. by an http-socket. Fails loudly if the template
+        no longer has exactly one socket line, rather than measuring something else."""
+        text = self.template.replace("@APP@", app)
+        if socket_line is None:
+            return text
+        text, found = re.subn(r"(?m)^(?:socket|uwsgi-socket|http-socket|http11-socket)\s*=.*$", socket_line, text)
+        assert found == 1, "demo/vassal.ini.template: expected one socket line, found %d" % found
+        return text
+
+    def site(self, name, enabled, text=None):
         with open(os.path.join(self.sites, name + ".ini"), "w") as f:
-            f.write(self.template)
+            f.write(text or self.vassal())
         if enabled:
             shutil.copy(os.path.join(self.sites, name + ".ini"), os.path.join(self.vassals, name + ".ini"))
 
     # ---- setup -------------------------------------------------------------------------
     def start_apps(self):
+        # The talk's setup: the template as it is, the uwsgi protocol.
         self.warm = ["w%d.bench" % i for i in range(WARM_SITES)]
         for name in self.warm:
             self.site(name, True)
+        # Today's vassals: the same app on an http-socket (Herald reads the vassal; nginx's
+        # backend proxies hw*.bench over HTTP).
+        self.warm_http = ["hw%d.bench" % i for i in range(WARM_SITES)]
+        http = self.vassal("http-socket = %s/%%n.sock" % self.sockets)
+        for name in self.warm_http:
+            self.site(name, True, http)
+        # Slow readers: a one-worker app (the template's processes = 1) with a large page, one
+        # site per topology so neither sees what the other left behind.
+        self.slow_sites = {"herald": "slow-h.bench", "nginx": "slow-n.bench"}
+        for name in self.slow_sites.values():
+            self.site(name, True, self.vassal(app=GATEWAY_APP))
         for kind in ("h", "n", "e", "s", "x", "a"):
             for i in range(COLD_SITES):
                 self.site("c%s%d.bench" % (kind, i), False)
@@ -234,11 +353,12 @@ class Bench:
         # The floor: the same app straight on TCP, no proxy.
         self.floor_port = free_port()
         with open(os.path.join(self.vassals, "floor.ini"), "w") as f:
-            f.write(self.template.replace("http-socket = %s/%%n.sock" % self.sockets, "http-socket = 127.0.0.1:%d" % self.floor_port))
+            f.write(self.vassal("http-socket = 127.0.0.1:%d" % self.floor_port))
         self.stats = os.path.join(self.root, "emperor-stats.sock")
         self.emperor = self.spawn("emperor", ["uwsgi", "--emperor", self.vassals, "--emperor-freq", "1",
                                               "--emperor-stats", self.stats, "--die-on-term"], cwd=self.root)
-        wait_for("the warm apps", lambda: all(unix_up(os.path.join(self.sockets, s + ".sock")) for s in self.warm), 300)
+        warm = self.warm + self.warm_http + list(self.slow_sites.values())
+        wait_for("the warm apps", lambda: all(unix_up(os.path.join(self.sockets, s + ".sock")) for s in warm), 600)
         wait_for("the floor app", lambda: tcp_up(self.floor_port))
 
     def start_herald(self):
@@ -248,8 +368,12 @@ class Bench:
         # One thread per service: on this 2-core machine, measured faster than 2 (fewer
         # cross-thread wake-ups next to wrk, nginx and the apps).
         common = "server:\n  threads: 1\n  pid_file: %s/%%s.pid\n  upgrade_sock: %s/%%s.sock\n  grace_period_seconds: 1\n" % (self.root, self.root)
+        # Buffering as it comes (nginx's defaults: whole bodies and answers, 8 4k in memory,
+        # then a file), only its temp files kept in the bench's directory.
         backend = ("backend:\n  listen: ['127.0.0.1:%%d']\n  sites_dir: %s\n  vassals_dir: %s\n  socket_path: %s/{host}.sock\n"
-                   "  idle_timeout: 0\n  access_log:\n    path: %s/herald-%%s.log\n%%s") % (self.sites, self.vassals, self.sockets, logs)
+                   "  idle_timeout: 0\n  buffering:\n    client_body_temp_path: %s\n    proxy_temp_path: %s\n"
+                   "  access_log:\n    path: %s/herald-%%s.log\n%%s") % (
+                       self.sites, self.vassals, self.sockets, self.herald_tmp, self.herald_tmp, logs)
         configs = {
             "herald-edge": (common % ("edge", "edge")) + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n  access_log:\n    path: %s/herald-edge-access.log\n" % (self.h_edge, self.h_backend, logs),
             "herald-backend": (common % ("backend", "backend")) + "metrics:\n  listen: 127.0.0.1:%d\n" % self.h_metrics
@@ -278,7 +402,8 @@ class Bench:
         common = ("user " + user + ";\nworker_processes auto;\ndaemon off;\nerror_log %s/nginx-%%s-error.log warn;\npid %s/nginx-%%s.pid;\n"
                   "load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
                   "events { worker_connections 4096; }\nhttp {\n  access_log %s/nginx-%%s-access.log combined;\n"
-                  "  client_body_temp_path %s/tmp-%%s;\n  proxy_temp_path %s/ptmp-%%s;\n") % (logs, self.root, logs, self.root, self.root)
+                  "  client_body_temp_path %s/tmp-%%s;\n  proxy_temp_path %s/ptmp-%%s;\n  uwsgi_temp_path %s/utmp-%%s;\n") % (
+                      logs, self.root, logs, self.root, self.root, self.root)
         edge = common.replace("%s", "edge")
         edge += ("  init_by_lua_block { %s backends = { \"b0\" } }\n"
                  "  upstream b0 { server 127.0.0.1:%d; keepalive 64; }\n"
@@ -290,12 +415,21 @@ class Bench:
                  "      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n"
                  "      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n"
                  "      proxy_read_timeout 300s;\n    }\n  }\n}\n") % (LUA_HASH, self.n_backend, self.n_edge)
-        backend = common.replace("%s", "backend")
-        backend += ("  server {\n    listen 127.0.0.1:%d;\n    keepalive_timeout 75s;\n    location / {\n"
-                    "      proxy_pass http://unix:%s/$host.sock:;\n      proxy_set_header Host $host;\n"
-                    "      proxy_read_timeout 300s;\n      error_page 502 = @start;\n    }\n"
+        # The backend: a site that is not running yet fails to connect (502), which goes to the
+        # initializer. Two servers on one port: the apps on the uwsgi protocol (the default
+        # server, with Debian's uwsgi_params, as the talk's setup) and the hw*.bench ones on an
+        # http-socket. Buffering is nginx's default (on) for both.
+        def server(name, to_app):
+            return ("  server {\n    listen 127.0.0.1:%d;\n%s    keepalive_timeout 75s;\n    location / {\n%s"
+                    "      error_page 502 = @start;\n    }\n"
                     "    location @start {\n      proxy_pass http://127.0.0.1:%d;\n      proxy_set_header Host $host;\n"
-                    "      proxy_read_timeout 300s;\n    }\n  }\n}\n") % (self.n_backend, self.sockets, self.init_port)
+                    "      proxy_read_timeout 300s;\n    }\n  }\n") % (self.n_backend, name, to_app, self.init_port)
+        backend = common.replace("%s", "backend")
+        backend += server("", "      include /etc/nginx/uwsgi_params;\n      uwsgi_pass unix:%s/$host.sock;\n"
+                              "      uwsgi_read_timeout 300s;\n" % self.sockets)
+        backend += server("    server_name ~^hw\\d+\\.bench$;\n", "      proxy_pass http://unix:%s/$host.sock:;\n"
+                          "      proxy_set_header Host $host;\n      proxy_read_timeout 300s;\n" % self.sockets)
+        backend += "}\n"
         self.nginx = {}
         for name, conf in (("nginx-edge", edge), ("nginx-backend", backend)):
             path = os.path.join(self.root, name + ".conf")
@@ -317,7 +451,21 @@ class Bench:
         return [pid for pids in self.tier_pids(topology).values() for pid in pids]
 
     def load(self, topology, scenario, duration):
+        """wrk on one warm site, or on the 200 of a protocol in rotation: "one", "many" (uwsgi),
+        "one-http", "many-http" (http-socket)."""
         port = {"herald": self.h_edge, "nginx": self.n_edge, "floor": self.floor_port}[topology]
+        kind, _, protocol = scenario.partition("-")
+        prefix = "hw" if protocol == "http" else "w"
+        # The app alone closes every connection (http-socket): measure it a request per
+        # connection rather than count wrk's reconnections as errors.
+        close = topology == "floor"
+        if kind == "one":
+            return self.measured(topology, duration, lambda: wrk(port, duration, host=prefix + "0.bench", close=close))
+        return self.measured(topology, duration, lambda: wrk(port, duration, script=self.rotation(prefix), close=close))
+
+    def measured(self, topology, duration, run):
+        """run() (wrk for `duration` seconds) and, over it, the CPU seconds per 10,000 of its
+        requests and the peak memory of each tier of the topology (none for the floor)."""
         tiers = self.tier_pids(topology) if topology != "floor" else {}
         pids = [pid for tier in tiers.values() for pid in tier]
         cpu_before = {tier: cpu_seconds(tier_pids) for tier, tier_pids in tiers.items()}
@@ -333,13 +481,7 @@ class Bench:
                 time.sleep(0.5)
         sampler = threading.Thread(target=sample)
         sampler.start()
-        # The app alone closes every connection (http-socket): measure it a request per
-        # connection rather than count wrk's reconnections as errors.
-        close = topology == "floor"
-        if scenario == "one":
-            result = wrk(port, duration, host="w0.bench", close=close)
-        else:
-            result = wrk(port, duration, script=self.rotation, close=close)
+        result = run()
         sampler.join()
         per_10k = lambda seconds: seconds / max(result["requests"], 1) * 10_000
         cpu = {tier: cpu_seconds(tier_pids) - cpu_before[tier] for tier, tier_pids in tiers.items()}
@@ -348,6 +490,31 @@ class Bench:
             result["cpu_%s_per_10k" % tier] = per_10k(cpu[tier]) if pids else None
             result["rss_%s_mib" % tier] = peak[tier] if pids else None
         result["rss_load_mib"] = peak["all"] if pids else None
+        return result
+
+    def slow_clients(self, topology, duration):
+        """The fast client's view of a one-worker site while slow readers download a large page
+        from it. With the answers buffered (Herald's backend; nginx's uwsgi_buffering), the app's
+        worker writes each large page at once and is free again; without, the first slow reader
+        would hold it for the whole download (8 MiB at 20 KiB/s: about 7 minutes)."""
+        a = self.args
+        port = self.h_edge if topology == "herald" else self.n_edge
+        site = self.slow_sites[topology]
+        readers = SlowReaders(port, site, "/big?n=%d" % a.slow_size, a.slow_readers, a.slow_rate,
+                              deadline=time.time() + duration + 60)
+        readers.start()
+        # Measure once every slow reader's page is under way (the one worker makes them one
+        # after another), so both topologies are measured in the same state; bounded, and a
+        # topology whose worker stays held shows it in slow_answered and in wrk's numbers.
+        began = time.time()
+        while len(readers.answered) + len(readers.errors) < a.slow_readers and time.time() - began < 30:
+            time.sleep(0.01)
+        under_way_ms = (time.time() - began) * 1000
+        result = self.measured(topology, duration, lambda: wrk(port, duration, host=site))
+        slow = readers.stop()
+        result.update({"slow_readers": a.slow_readers, "slow_answered": slow["answered"], "slow_errors": slow["errors"],
+                       "slow_error_examples": slow["error_examples"], "slow_kib_per_s_each": slow["kib_per_s_each"],
+                       "slow_under_way_ms": under_way_ms})
         return result
 
     def cold_starts(self):
@@ -378,7 +545,9 @@ class Bench:
                     while not unix_up(sock):
                         time.sleep(0.001)
                 else:
-                    while not unix_answers(sock, name):
+                    with open(os.path.join(self.sites, name + ".ini")) as f:
+                        protocol = wire.vassal_protocol(f.read())
+                    while not unix_answers(sock, name, protocol):
                         time.sleep(0.001)
                 out[key].append((time.time() - t) * 1000)
             for key, kind, port in (("herald", "h", self.h_edge), ("herald_no_stats", "s", self.h_backend_nostats), ("nginx", "n", self.n_edge)):
@@ -446,34 +615,58 @@ class Bench:
         return sum(float(line.split()[-1]) for line in body.decode().splitlines()
                    if line.startswith("herald_app_starts_total{"))
 
+    def rotation(self, prefix):
+        """A wrk script that sends each request to the next of the 200 sites prefix0..prefix199."""
+        path = os.path.join(self.root, "rotate-%s.lua" % prefix)
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write("local i = 0\nrequest = function()\n  i = i %% %d + 1\n"
+                        "  return wrk.format(\"GET\", \"/hello\", {[\"Host\"] = \"%s\" .. (i - 1) .. \".bench\"})\nend\n" % (WARM_SITES, prefix))
+        return path
+
+    def initializer_answered(self, sites):
+        """How many requests for these sites nginx's backend sent to the initializer. A warm site
+        must get none: its 502 fallback would hide a wrong uwsgi_pass/proxy_pass (the
+        initializer speaks the right protocol) behind a slow path."""
+        with open(os.path.join(self.root, "logs", "initializer.log")) as f:
+            return sum(1 for line in f if line.startswith("proxy ") and line.split()[1] in sites)
+
     def run(self):
-        self.rotation = os.path.join(self.root, "rotate.lua")
-        with open(self.rotation, "w") as f:
-            f.write("local i = 0\nrequest = function()\n  i = i %% %d + 1\n"
-                    "  return wrk.format(\"GET\", \"/hello\", {[\"Host\"] = \"w\" .. (i - 1) .. \".bench\"})\nend\n" % WARM_SITES)
         self.start_apps()
         self.start_herald()
         self.start_nginx()
         # Touch every site through both, so no run pays for a first connection.
-        for s in self.warm:
+        warm = self.warm + self.warm_http + list(self.slow_sites.values())
+        for s in warm:
             assert get(self.h_edge, s)[0] == 200 and get(self.n_edge, s)[0] == 200, s
+        assert self.initializer_answered(set(warm)) == 0, "nginx's backend could not reach a warm app itself"
         idle = {"%s/%s" % (topology, tier): rss_mib(pids) for topology in ("herald", "nginx")
                 for tier, pids in self.tier_pids(topology).items()}
         rounds = []
         for r in range(self.args.rounds):
             order = ["herald", "nginx"] if r % 2 == 0 else ["nginx", "herald"]
             this = {}
-            for scenario in ("one", "many"):
-                for topology in order + ["floor"]:
+            # The floor is one app on TCP http-socket: measured once per kind, with the uwsgi rows.
+            for scenario in ("one", "one-http", "many", "many-http"):
+                for topology in order + (["floor"] if "-" not in scenario else []):
                     res = self.load(topology, scenario, self.args.duration)
                     this["%s/%s" % (topology, scenario)] = res
-                    print("round %d %-6s %-4s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (
+                    print("round %d %-6s %-9s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (
                         r + 1, topology, scenario, res["rps"], res["p50_ms"], res["p99_ms"], res["errors"]), flush=True)
+            for topology in order:
+                res = self.slow_clients(topology, self.args.duration)
+                this["%s/slow" % topology] = res
+                print("round %d %-6s %-9s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d; slow readers: %d of %d answered,"
+                      " %d errors, %.1f KiB/s each" % (
+                          r + 1, topology, "slow", res["rps"], res["p50_ms"], res["p99_ms"], res["errors"], res["slow_answered"],
+                          res["slow_readers"], res["slow_errors"], res["slow_kib_per_s_each"]), flush=True)
             rounds.append(this)
+        fallbacks = self.initializer_answered(set(warm))
         cold = self.cold_starts()
         bursts = {t: self.burst(t) for t in ("herald", "nginx")}
         many = self.many_cold()
-        return {"rounds": rounds, "idle_rss_mib": idle, "cold_ms": cold, "burst": bursts, "many_cold": many}
+        return {"rounds": rounds, "idle_rss_mib": idle, "cold_ms": cold, "burst": bursts, "many_cold": many,
+                "nginx_warm_requests_via_initializer": fallbacks}
 
 
 def median(values):
@@ -482,32 +675,48 @@ def median(values):
 
 
 def summarize(raw):
-    keys = raw["rounds"][0].keys()
-    med = {k: {m: median([r[k][m] for r in raw["rounds"]]) for m in ("rps", "p50_ms", "p99_ms", "cpu_per_10k", "cpu_edge_per_10k", "cpu_backend_per_10k",
-                                                                        "rss_load_mib", "rss_edge_mib", "rss_backend_mib", "errors")} for k in keys}
+    """The median over the rounds of every number each measurement has."""
+    med = {}
+    for k, first in raw["rounds"][0].items():
+        numbers = [m for m, v in first.items() if v is None or isinstance(v, (int, float))]
+        med[k] = {m: median([r[k][m] for r in raw["rounds"]]) for m in numbers}
     return med
 
 
+def chart_groups():
+    """The chart's groups: (title, [(measurement, name, protocol, colour)])."""
+    def warm(s):
+        return [("herald/" + s, "herald", "uwsgi", "#2b7bb9"), ("nginx/" + s, "nginx", "uwsgi", "#d95f02"),
+                ("herald/%s-http" % s, "herald", "http", "#8fbde0"), ("nginx/%s-http" % s, "nginx", "http", "#f4ad7a"),
+                ("floor/" + s, "floor", "tcp http", "#999999")]
+    return [("one site", warm("one")), ("%d sites in rotation" % WARM_SITES, warm("many")),
+            ("with slow readers", [("herald/slow", "herald", "fast client", "#2b7bb9"),
+                                   ("nginx/slow", "nginx", "fast client", "#d95f02")])]
+
+
 def svg_chart(med, path):
-    groups = [("one site", "one"), ("200 sites", "many")]
-    bars = [("herald", "#2b7bb9"), ("nginx", "#d95f02"), ("floor", "#999999")]
-    width, height, top = 640, 300, 40
-    rps_max = max(med["%s/%s" % (b, s)]["rps"] for _, s in groups for b, _c in bars)
+    step, gap, height, top = 66, 40, 320, 40
+    groups = chart_groups()
+    group_width = lambda title, bars: max(len(bars) * step, 8 * len(title))  # room for the bold title
+    width = 40 + sum(group_width(title, bars) + gap for title, bars in groups)
+    rps_max = max(med[k]["rps"] for _, bars in groups for k, *_ in bars)
     parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (width, height),
              '<text x="10" y="20" font-size="14">Requests per second (median; higher is better) and p99 latency</text>']
     x = 40
-    for label, s in groups:
-        for b, color in bars:
-            v = med["%s/%s" % (b, s)]
-            h = (height - top - 60) * v["rps"] / rps_max
-            y = height - 40 - h
+    for title, bars in groups:
+        parts.append('<text x="%d" y="%d" font-weight="bold">%s</text>' % (x, top, title))
+        group_end = x + group_width(title, bars)
+        for key, name, protocol, color in bars:
+            v = med[key]
+            h = (height - top - 90) * v["rps"] / rps_max
+            y = height - 55 - h
             parts.append('<rect x="%d" y="%.1f" width="50" height="%.1f" fill="%s"/>' % (x, y, h, color))
             parts.append('<text x="%d" y="%.1f">%.0f</text>' % (x, y - 4, v["rps"]))
-            parts.append('<text x="%d" y="%d">%s</text>' % (x, height - 25, b))
-            parts.append('<text x="%d" y="%d">p99 %.1f ms</text>' % (x - 4, height - 10, v["p99_ms"]))
-            x += 70
-        parts.append('<text x="%d" y="%d" font-weight="bold">%s</text>' % (x - 190, top, label))
-        x += 60
+            parts.append('<text x="%d" y="%d">%s</text>' % (x, height - 40, name))
+            parts.append('<text x="%d" y="%d">%s</text>' % (x, height - 26, protocol))
+            parts.append('<text x="%d" y="%d" font-size="10">p99 %.1f ms</text>' % (x, height - 10, v["p99_ms"]))
+            x += step
+        x = group_end + gap
     parts.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(parts))
@@ -530,39 +739,85 @@ def versions():
             "nginx": first_line(["nginx", "-v"]), "uwsgi": first_line(["uwsgi", "--version"]), "wrk": first_line(["wrk", "-v"])}
 
 
-def report(raw, med, args):
+def slow_section(raw, med, args):
+    """The slow readers' scenario: what it does, and the fast client's numbers beside the slow
+    readers' (were they all served, at the pace asked, without errors)."""
+    lines = ["## Slow readers (medians)", "",
+             "%d clients each ask a one-worker app (`tests/apps/gateway_app.py`, the template's `processes = 1`, the" % args.slow_readers,
+             "uwsgi protocol) for a %.0f MiB page (`/big?n=%d`) and read it at about %.0f KiB/s (a 4 KiB receive buffer," % (
+                 args.slow_size / 2 ** 20, args.slow_size, args.slow_rate / 1024),
+             "1 KiB reads paced by the total), while wrk (2 threads, 32 connections) asks the same site for a small page",
+             "for %d s, from the moment every slow reader's answer has begun. Each topology has its own site with the same" % args.duration,
+             "vassal (`slow-h.bench`, `slow-n.bench`). Buffered, the app's only worker writes each large page at once into",
+             "the proxy (Herald's backend: memory, then an unnamed temp file; nginx: `uwsgi_buffering`, then the edge's",
+             "`proxy_buffering`, their temp files) and is free again for the fast client. Unbuffered, the first slow reader",
+             "would hold it for the %.0f minutes its page takes, and the fast client would get nothing. (On loopback the" % (
+                 args.slow_size / args.slow_rate / 60),
+             "kernel's socket buffers between client, edge and backend can hold several MiB of each page: a much smaller",
+             "page would not tell buffering from none.)", "",
+             "| proxy | fast client req/s | p50 ms | p99 ms | fast client errors | slow readers answered | slow reader errors"
+             " | slow readers' pace, KiB/s each | all answers begun after ms | RSS under load MiB (edge + backend) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for b in ("herald", "nginx"):
+        m = med["%s/slow" % b]
+        lines.append("| %s | %.0f | %.2f | %.2f | %d | %.0f of %d | %d | %.1f | %.0f | %.0f (%.0f + %.0f) |" % (
+            b, m["rps"], m["p50_ms"], m["p99_ms"], m["errors"], m["slow_answered"], args.slow_readers, m["slow_errors"],
+            m["slow_kib_per_s_each"], m["slow_under_way_ms"], m["rss_load_mib"], m["rss_edge_mib"], m["rss_backend_mib"]))
+    examples = sorted({e for r in raw["rounds"] for b in ("herald", "nginx") for e in r["%s/slow" % b]["slow_error_examples"]})
+    if examples:
+        lines += ["", "Slow reader errors seen: " + "; ".join("`%s`" % e for e in examples[:6]) + "."]
+    return lines + [""]
+
+
+def report(raw, med, args, chart="bench/results.svg"):
     ratio = lambda k, m: med["herald/%s" % k][m] / med["nginx/%s" % k][m]
     cold = {k: median(v) for k, v in raw["cold_ms"].items()}
     v = versions()
     lines = ["# Benchmarks", "",
              "Herald (edge + backend, two processes) against the talk's setup (nginx + Lua edge, nginx backend",
              "with a 502 fallback to an initializer service), over one uWSGI emperor and the same apps, on one",
-             "machine, alternately in the same run. Produced by `bench/run` (%d rounds of %d s per measurement)." % (args.rounds, args.duration), "",
+             "machine, alternately in the same run: warm requests to apps on the uwsgi protocol and on an http-socket,",
+             "a fast client next to slow readers, cold starts. Produced by `bench/run` (%d rounds of %d s per measurement)." % (args.rounds, args.duration), "",
              "Machine: %s, %s cores, Linux %s. %s; %s; uWSGI %s; %s." % (v["cpu"], v["cores"], v["kernel"], v["herald"], v["nginx"], v["uwsgi"], v["wrk"]), "",
              "## Warm requests (medians)", "",
-             "| scenario | proxy | req/s | p50 ms | p99 ms | CPU s / 10k req (edge + backend) | RSS under load MiB (edge + backend) | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Two sets of %d warm sites run the same app (`demo/app.py`, one process each). `w*.bench` use the demo's" % WARM_SITES,
+             "vassal template as it is: the uwsgi protocol (`socket =`), which Herald's backend speaks by default and nginx's",
+             "backend reaches with `uwsgi_pass` and Debian's `uwsgi_params`, as in the talk. `hw*.bench` say `http-socket =`",
+             "instead: Herald's backend reads that in the vassal and speaks HTTP, nginx's backend `proxy_pass`es them. Both",
+             "backends buffer as they come (whole request bodies, whole answers: nginx's defaults, which Herald's follow).",
+             "wrk, 2 threads and 32 connections, asks one site (`w0`, `hw0`) or the %d of a set in rotation." % WARM_SITES, "",
+             "| scenario | proxy | app protocol | req/s | p50 ms | p99 ms | CPU s / 10k req (edge + backend) | RSS under load MiB (edge + backend) | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
     known = lambda x: x == x  # not NaN
-    for label, s in (("one site", "one"), ("200 sites", "many")):
-        for b in ("herald", "nginx", "floor"):
-            m = med["%s/%s" % (b, s)]
-            lines.append("| %s | %s | %.0f | %.2f | %.2f | %s | %s | %s |" % (
-                label, b if b != "floor" else "none (the app on TCP)", m["rps"], m["p50_ms"], m["p99_ms"],
-                "%.3f (%.3f + %.3f)" % (m["cpu_per_10k"], m["cpu_edge_per_10k"], m["cpu_backend_per_10k"]) if known(m["cpu_per_10k"]) else "-",
-                "%.0f (%.0f + %.0f)" % (m["rss_load_mib"], m["rss_edge_mib"], m["rss_backend_mib"]) if known(m["rss_load_mib"]) else "-",
+    cpu = lambda m: "%.3f (%.3f + %.3f)" % (m["cpu_per_10k"], m["cpu_edge_per_10k"], m["cpu_backend_per_10k"]) if known(m["cpu_per_10k"]) else "-"
+    rss = lambda m: "%.0f (%.0f + %.0f)" % (m["rss_load_mib"], m["rss_edge_mib"], m["rss_backend_mib"]) if known(m["rss_load_mib"]) else "-"
+    for label, s in (("one site", "one"), ("%d sites" % WARM_SITES, "many")):
+        for b, kind, protocol in (("herald", s, "uwsgi"), ("nginx", s, "uwsgi"), ("herald", s + "-http", "http-socket"),
+                                  ("nginx", s + "-http", "http-socket"), ("floor", s, "http-socket on TCP")):
+            m = med["%s/%s" % (b, kind)]
+            lines.append("| %s | %s | %s | %.0f | %.2f | %.2f | %s | %s | %s |" % (
+                label, b if b != "floor" else "none (the app alone)", protocol, m["rps"], m["p50_ms"], m["p99_ms"], cpu(m), rss(m),
                 "%d" % m["errors"] if b != "floor" else "-"))
     lines += ["", "The floor is the same app on a TCP `http-socket`, one request per connection (uWSGI closes each",
-              "connection without saying so, which wrk counts as read errors; they are not failures).", "",
+              "connection without saying so, which wrk counts as read errors; they are not failures).",
+              "Warm requests that nginx's backend failed to pass and sent to its initializer instead (must be 0; its 502",
+              "fallback would otherwise hide a broken `uwsgi_pass` behind a slow path): %d." % raw["nginx_warm_requests_via_initializer"], "",
               "Ratios Herald / nginx (targets: throughput >= 1.2, p99 <= 0.8, CPU per request <= 1, edge memory under load <= 1):", "",
               "| scenario | throughput | p99 | CPU per request | edge memory under load | both tiers' memory under load |", "|---|---|---|---|---|---|"]
-    for label, s in (("one site", "one"), ("200 sites", "many")):
+    for label, s in (("one site, uwsgi", "one"), ("one site, http-socket", "one-http"), ("%d sites, uwsgi" % WARM_SITES, "many"),
+                     ("%d sites, http-socket" % WARM_SITES, "many-http")):
         lines.append("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |" % (label, ratio(s, "rps"), ratio(s, "p99_ms"), ratio(s, "cpu_per_10k"),
                                                         ratio(s, "rss_edge_mib"), ratio(s, "rss_load_mib")))
+    # CPU per request means little here: the proxies' work for the slow readers counts, only
+    # the fast client's requests are counted.
+    lines.append("| slow readers: the fast client | %.2f | %.2f | - | %.2f | %.2f |" % (
+        ratio("slow", "rps"), ratio("slow", "p99_ms"), ratio("slow", "rss_edge_mib"), ratio("slow", "rss_load_mib")))
     idle = raw["idle_rss_mib"]
     lines += ["", "Idle RSS, edge + backend: Herald %.0f + %.0f MiB, nginx %.0f + %.0f MiB (nginx: master and workers)." % (
         idle["herald/edge"], idle["herald/backend"], idle["nginx/edge"], idle["nginx/backend"]), "",
-              "![throughput and p99](bench/results.svg)", "",
-              "## Cold starts (median of %d sites, milliseconds to first byte)" % COLD_SITES, "",
+              "![throughput and p99](%s)" % chart, ""]
+    lines += slow_section(raw, med, args)
+    lines += ["## Cold starts (median of %d sites, milliseconds to first byte)" % COLD_SITES, "",
               "| path | ms |", "|---|---|",
               "| emperor alone, woken through its stats socket: the app's first answer (the baseline) | %.1f |" % cold["emperor_woken"],
               "| emperor alone, woken: its socket accepts (before the app is imported) | %.1f |" % cold["emperor_socket"],
@@ -586,11 +841,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per load measurement")
     parser.add_argument("--quick", action="store_true", help="one round of 3 s, to check the harness")
-    parser.add_argument("--output", default=os.path.join(REPO, "BENCHMARKS.md"))
+    parser.add_argument("--slow-readers", type=int, default=20, help="slow readers of the large page")
+    parser.add_argument("--slow-size", type=int, default=8 << 20, help="bytes of the large page")
+    parser.add_argument("--slow-rate", type=int, default=20 << 10, help="bytes/s each slow reader reads")
+    parser.add_argument("--output", default=os.path.join(REPO, "BENCHMARKS.md"),
+                        help="the report; its chart goes to bench/results.svg, or beside a report written elsewhere")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (configs, logs)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 3
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        parser.error("--output %s: no such directory (checked now rather than after the run)" % args.output)
     root = tempfile.mkdtemp(prefix="herald-bench.")
     bench = Bench(root, args)
     try:
@@ -598,8 +859,12 @@ def main():
     finally:
         bench.stop_all()
     med = summarize(raw)
-    svg_chart(med, os.path.join(REPO, "bench", "results.svg"))
-    text = report(raw, med, args)
+    # A report written elsewhere (a trial run) leaves the committed chart alone.
+    output = os.path.abspath(args.output)
+    chart = os.path.join(REPO, "bench", "results.svg") if output == os.path.join(REPO, "BENCHMARKS.md") \
+        else os.path.splitext(output)[0] + ".svg"
+    svg_chart(med, chart)
+    text = report(raw, med, args, os.path.relpath(chart, os.path.dirname(output)))
     with open(args.output, "w") as f:
         f.write(text)
     print(text.split("## Raw numbers")[0])

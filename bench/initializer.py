@@ -2,7 +2,8 @@
 """The talk's "initialize webapp" service, for the nginx side of the benchmark: nginx's backend
 sends here the requests its 502 error_page catches. It enables the site's vassal (once per site,
 however many requests wait), waits for the app's socket, then proxies the request to the app
-itself and returns its answer. Like the talk's setup, it does not wake the emperor.
+itself, in the protocol its vassal declares (uwsgi or HTTP), and returns its answer. Like the
+talk's setup, it does not wake the emperor.
 
 usage: initializer.py PORT SITES_DIR VASSALS_DIR SOCKETS_DIR
 """
@@ -15,19 +16,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import wire  # beside this file
+
 PORT, SITES, VASSALS, SOCKETS = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 locks = {}
 locks_guard = threading.Lock()
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=300)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(self.path)
 
 
 def answers(path):
@@ -64,11 +57,20 @@ class Initializer(BaseHTTPRequestHandler):
             if time.time() > deadline:
                 return self.answer(504, b"the app did not start\n")
             time.sleep(0.005)
-        conn = UnixConnection(sock)
-        conn.request("GET", self.path, headers={"Host": site})
-        resp = conn.getresponse()
-        body = resp.read()
-        self.answer(resp.status, body)
+        with open(source) as f:
+            protocol = wire.vassal_protocol(f.read())
+        print("proxy %s %s" % (site, protocol), flush=True)  # the bench checks warm sites get none
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(300)
+        try:
+            s.connect(sock)
+            s.sendall(wire.request(protocol, site, self.path))
+            resp = http.client.HTTPResponse(s)
+            resp.begin()
+            status, body = resp.status, resp.read()
+        finally:
+            s.close()
+        self.answer(status, body)
 
     def answer(self, status, body):
         self.send_response(status)
