@@ -27,6 +27,9 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
         "HTTP/1.1 502 Bad Gateway",
         "failed to start",
         "\"HTTP_X_FORWARDED_PROTO\": \"https\"",
+        // The uwsgi protocol's environ: what the browser's connection was.
+        "\"HTTPS\": \"on\"",
+        "\"REMOTE_ADDR\": \"127.0.0.1\"",
         "HTTP/2 200",
         "herald_requests_total{code=\"2xx\",role=\"edge\"} 6",
     ] {

@@ -243,6 +243,43 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `POST path` to `site` with `body` (Content-Length), `Connection: close`.
+fn post(site: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: {site}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+/// `POST path` to `site` with `body` sent chunked, in chunks of the sizes `sizes` gives.
+fn post_chunked(site: &str, path: &str, body: &[u8], mut sizes: impl FnMut() -> usize) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: {site}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(sizes().clamp(1, rest.len()));
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+        rest = tail;
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw
+}
+
+/// What tests/apps/gateway_app.py's `/upload` answers for `body`.
+fn upload_answer(body: &[u8]) -> String {
+    format!("{} {} {}\n", body.len(), sha256(body), body.len())
+}
+
+const BIG_FAST: &[u8] =
+    b"GET /big?n=8388608 HTTP/1.1\r\nHost: one.example\r\nConnection: close\r\n\r\n";
+
 #[test]
 fn uwsgi_and_http_socket_apps_both_start_through_the_edge() {
     let node = start(
@@ -258,13 +295,7 @@ fn uwsgi_and_http_socket_apps_both_start_through_the_edge() {
         let mut stream = TcpStream::connect(("127.0.0.1", node.edge)).unwrap();
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let port = stream.local_addr().unwrap().port();
-        let mut raw = format!(
-            "POST /up?x=1 HTTP/1.1\r\nHost: {site}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        raw.extend_from_slice(&body);
-        stream.write_all(&raw).unwrap();
+        stream.write_all(&post(site, "/up?x=1", &body)).unwrap();
         let (status, _, answer) = read_answer(&mut BufReader::new(stream));
         assert_eq!(status, 200, "{site}: {}", String::from_utf8_lossy(&answer));
         let answer: Value = serde_json::from_slice(&answer).unwrap();
@@ -476,28 +507,18 @@ fn request_bodies_of_any_framing_reach_the_app_whole_with_their_length() {
         "    client_max_body_size: 2m\n",
     );
     let body = pattern(1_500_000);
-    let expected = format!("{} {} {}\n", body.len(), sha256(&body), body.len());
+    let expected = upload_answer(&body);
     // Chunked HTTP/1.1, in uneven chunks, through the edge and straight to the backend.
     for (port, site) in [
         (node.edge, "up.example"),
         (node.backend, "up.example"),
         (node.edge, "up-http.example"),
     ] {
-        let mut raw = format!(
-            "POST /upload HTTP/1.1\r\nHost: {site}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        )
-        .into_bytes();
-        let mut rest = &body[..];
         let mut size = 1;
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(size.min(rest.len()));
-            raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-            raw.extend_from_slice(chunk);
-            raw.extend_from_slice(b"\r\n");
-            rest = tail;
+        let raw = post_chunked(site, "/upload", &body, || {
             size = size * 3 + 7;
-        }
-        raw.extend_from_slice(b"0\r\n\r\n");
+            size
+        });
         let answer = send_raw(port, &raw);
         assert_eq!(answer.status, 200, "{site} on {port}: {}", answer.text());
         assert_eq!(answer.text(), expected, "{site} on {port}");
@@ -534,13 +555,7 @@ fn request_bodies_of_any_framing_reach_the_app_whole_with_their_length() {
 
     // Over client_max_body_size, chunked or HTTP/2: 413, and the app is never started.
     let large = pattern(3 << 20);
-    let mut raw = b"POST /upload HTTP/1.1\r\nHost: cold.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
-    for chunk in large.chunks(100_000) {
-        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        raw.extend_from_slice(chunk);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"0\r\n\r\n");
+    let raw = post_chunked("cold.example", "/upload", &large, || 100_000);
     for port in [node.edge, node.backend] {
         let answer = send_raw(port, &raw);
         assert_eq!(answer.status, 413, "{port}: {}", answer.text());
@@ -622,10 +637,7 @@ fn slow_clients_never_hold_a_one_worker_app() {
     let small = |node: &Node| get(node.edge, "one.example", "/small");
     // Warm up: the paths the scenario uses, once each, before the baseline.
     assert_eq!(small(&node).status, 200);
-    let warm = send_raw(
-        node.edge,
-        b"GET /big?n=8388608 HTTP/1.1\r\nHost: one.example\r\nConnection: close\r\n\r\n",
-    );
+    let warm = send_raw(node.edge, BIG_FAST);
     assert_eq!(warm.body.len(), 8 << 20);
     let baseline_rss = node.rss_kib();
 
@@ -676,10 +688,7 @@ fn slow_clients_never_hold_a_one_worker_app() {
     let listed_during = fs::read_dir(&node.temp).unwrap().count();
     let (status, answer, took) = uploader.join().unwrap();
     assert_eq!(status, 200);
-    assert_eq!(
-        answer,
-        format!("{} {} {}\n", upload.len(), sha256(&upload), upload.len())
-    );
+    assert_eq!(answer, upload_answer(&upload));
     assert!(
         took >= Duration::from_secs(4),
         "the upload was slow ({took:?})"
@@ -718,10 +727,7 @@ fn slow_clients_never_hold_a_one_worker_app() {
     // megabytes, so the proof is a second wave of slow readers, after which herald uses no
     // more than after the first (within that noise; a leak would be megabytes per wave).
     let settle = |node: &Node| {
-        let answer = send_raw(
-            node.edge,
-            b"GET /big?n=8388608 HTTP/1.1\r\nHost: one.example\r\nConnection: close\r\n\r\n",
-        );
+        let answer = send_raw(node.edge, BIG_FAST);
         assert_eq!(answer.body.len(), 8 << 20);
         node.rss_kib()
     };
@@ -783,18 +789,9 @@ fn with_buffering_off_bodies_and_answers_stream() {
                 "{}",
                 answer.text()
             );
-            let mut raw = format!(
-                "POST /upload HTTP/1.1\r\nHost: {site}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            raw.extend_from_slice(&body);
+            let raw = post(site, "/upload", &body);
             let answer = send_raw(port, &raw);
-            assert_eq!(
-                answer.text(),
-                format!("{} {} {}\n", body.len(), sha256(&body), body.len()),
-                "{site} on {port}"
-            );
+            assert_eq!(answer.text(), upload_answer(&body), "{site} on {port}");
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -989,12 +986,7 @@ fn unusable_temp_directories_fail_only_the_requests_that_need_them() {
     );
     fs::remove_dir(&node.temp).unwrap();
     let body = pattern(100_000);
-    let mut raw = format!(
-        "POST /upload HTTP/1.1\r\nHost: one.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&body);
+    let raw = post("one.example", "/upload", &body);
     let answer = send_raw(node.backend, &raw);
     assert_eq!(answer.status, 500, "{}", answer.text());
     assert!(
@@ -1062,12 +1054,7 @@ fn full_disk_is_507(node: &Node) {
     }
     let _unmount = Unmount(node.temp.clone());
     let body = pattern(1 << 20);
-    let mut raw = format!(
-        "POST /upload HTTP/1.1\r\nHost: one.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(&body);
+    let raw = post("one.example", "/upload", &body);
     let answer = send_raw(node.backend, &raw);
     assert_eq!(answer.status, 507, "{}", answer.text());
     assert!(answer.text().contains("no room left"), "{}", answer.text());

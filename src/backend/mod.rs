@@ -155,6 +155,39 @@ impl BackendProxy {
         forwarding::client_ip(session)
             .is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(ip)))
     }
+
+    /// What nginx does before the app is involved (or started): refuse a path it would
+    /// refuse, answer `100-continue`, read the whole body. `Some(page)`: the request ends here.
+    async fn before_the_app(
+        &self,
+        session: &mut Session,
+        ctx: &mut BackendCtx,
+    ) -> Result<Option<&'static pages::Page>> {
+        if ctx.protocol == AppProtocol::Uwsgi && refuse_bad_path(session) {
+            return Ok(Some(&pages::BAD_PATH));
+        }
+        self.front_door.send_continue_if_expected(session).await?;
+        let outcome = self
+            .gateway
+            .read_body(session, ctx.request.websocket, self.front_door.max_body())
+            .await?;
+        Ok(match outcome {
+            BodyOutcome::Empty => None,
+            BodyOutcome::Complete(body) => {
+                ctx.body = Some(body);
+                None
+            }
+            BodyOutcome::TooLarge => Some(&pages::BODY_TOO_LARGE),
+            BodyOutcome::Storage(e) => {
+                error!(
+                    "site {}: cannot buffer the request body: {e}",
+                    ctx.request.site
+                );
+                metrics::buffer_failed("request");
+                Some(storage_page(&e))
+            }
+        })
+    }
 }
 
 #[async_trait]
@@ -201,38 +234,9 @@ impl ProxyHttp for BackendProxy {
                 .await?;
             return Ok(true);
         };
-        ctx.protocol = protocol;
-        if protocol == AppProtocol::Uwsgi && refuse_bad_path(session) {
-            // What nginx refuses before the app is involved; checked before the app starts.
-            self.front_door
-                .pages()
-                .send(session, &pages::BAD_PATH)
-                .await?;
-            return Ok(true);
-        }
         ctx.request.site = site;
-        self.front_door.send_continue_if_expected(session).await?;
-        let page = match self
-            .gateway
-            .read_body(session, ctx.request.websocket, self.front_door.max_body())
-            .await?
-        {
-            BodyOutcome::Empty => None,
-            BodyOutcome::Complete(body) => {
-                ctx.body = Some(body);
-                None
-            }
-            BodyOutcome::TooLarge => Some(&pages::BODY_TOO_LARGE),
-            BodyOutcome::Storage(e) => {
-                error!(
-                    "site {}: cannot buffer the request body: {e}",
-                    ctx.request.site
-                );
-                metrics::buffer_failed("request");
-                Some(storage_page(&e))
-            }
-        };
-        if let Some(page) = page {
+        ctx.protocol = protocol;
+        if let Some(page) = self.before_the_app(session, ctx).await? {
             self.front_door.pages().send(session, page).await?;
             return Ok(true);
         }

@@ -303,3 +303,162 @@ impl std::fmt::Debug for AppStream {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::app::exchange::AnswerBuffers;
+    use crate::backend::app::spool::TempDir;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        temp: TempDir,
+        listener: UnixListener,
+        addr: SocketAddr,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let addr = SocketAddr::Unix(std::os::unix::net::SocketAddr::from_pathname(&path).unwrap());
+        let temp = TempDir::new(dir.path().to_owned());
+        Fixture {
+            _dir: dir,
+            temp,
+            listener,
+            addr,
+        }
+    }
+
+    fn body(data: &[u8]) -> Arc<RequestBody> {
+        let mut body = RequestBody::new();
+        let dir = TempDir::new(std::env::temp_dir());
+        body.push(Bytes::copy_from_slice(data), usize::MAX, &dir)
+            .unwrap();
+        Arc::new(body)
+    }
+
+    fn buffered(temp: &TempDir, memory: usize) -> AnswerMode {
+        AnswerMode::Buffered(AnswerBuffers {
+            memory,
+            max_temp_file: 1 << 30,
+            temp_dir: temp.clone(),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_app_gets_the_head_and_body_and_pingora_gets_the_answer() {
+        let f = fixture();
+        let exchange = Arc::new(Exchange::new(
+            Some(body(b"hello")),
+            buffered(&f.temp, 1024),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        ));
+        let mut stream = AppConnector {
+            exchange: exchange.clone(),
+        }
+        .connect(&f.addr)
+        .await
+        .unwrap();
+        let (mut app, _) = f.listener.accept().await.unwrap();
+        // Pingora's header, in two writes; what the app gets instead is the exchange's head.
+        exchange.set_head(Bytes::from_static(b"PACKET"));
+        exchange.answers_in_http2(true);
+        stream
+            .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nCont")
+            .await
+            .unwrap();
+        stream.write_all(b"ent-Length: 0\r\n\r\n").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut got = [0u8; 11];
+        app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PACKEThello");
+        // An answer much larger than the memory allowed: it spills, and arrives whole.
+        let answer: Vec<u8> = b"HTTP/2.0 200 OK\r\n\r\n"
+            .iter()
+            .copied()
+            .chain((0..300_000u32).map(|i| (i % 251) as u8))
+            .collect();
+        app.write_all(&answer).await.unwrap();
+        drop(app);
+        let mut read = Vec::new();
+        stream.read_to_end(&mut read).await.unwrap();
+        assert_eq!(
+            &read[..17],
+            b"HTTP/1.1 200 OK\r\n",
+            "HTTP/2.0 read as HTTP/1.1"
+        );
+        assert_eq!(read[17..], answer[17..]);
+    }
+
+    #[tokio::test]
+    async fn pingoras_header_passes_when_there_is_no_head_and_the_body_streams() {
+        let f = fixture();
+        let exchange = Arc::new(Exchange::new(
+            None,
+            AnswerMode::Direct,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        ));
+        let mut stream = AppConnector { exchange }.connect(&f.addr).await.unwrap();
+        let (mut app, _) = f.listener.accept().await.unwrap();
+        let request = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n";
+        stream.write_all(request).await.unwrap();
+        stream.flush().await.unwrap();
+        stream.write_all(b"abc").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut got = vec![0u8; request.len() + 3];
+        app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[request.len()..], b"abc");
+        assert_eq!(&got[..request.len()], request);
+    }
+
+    #[tokio::test]
+    async fn an_app_that_reads_nothing_fails_the_send_after_the_send_timeout() {
+        let f = fixture();
+        let exchange = Arc::new(Exchange::new(
+            Some(body(&vec![7u8; 8 << 20])),
+            AnswerMode::Direct,
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+        ));
+        let mut stream = AppConnector {
+            exchange: exchange.clone(),
+        }
+        .connect(&f.addr)
+        .await
+        .unwrap();
+        let (_app, _) = f.listener.accept().await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let error = stream.flush().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(matches!(
+            exchange.take_failure(),
+            Some(AppFailure::SendTimeout)
+        ));
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_failure_pingora_can_read() {
+        let f = fixture();
+        let addr = f.addr.clone();
+        drop(f);
+        let exchange = Arc::new(Exchange::new(
+            None,
+            AnswerMode::Direct,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        ));
+        let error = AppConnector { exchange }.connect(&addr).await.unwrap_err();
+        let io = error
+            .root_cause()
+            .downcast_ref::<io::Error>()
+            .expect("the io error is kept");
+        assert_eq!(io.kind(), io::ErrorKind::NotFound);
+    }
+}
