@@ -105,17 +105,22 @@ impl Origin {
         origin.client_ip.is_some().then_some(origin)
     }
 
-    /// What a proxy that sends only `X-Real-IP`/`X-Forwarded-For` and `X-Forwarded-Proto` (an
-    /// nginx edge, say) said about the client; the rest is this hop's own connection.
+    /// What a proxy that sends only `X-Forwarded-For` (or `X-Real-IP`) and `X-Forwarded-Proto`
+    /// (an nginx edge, a cloud load balancer) said about the client; the rest is this hop's own
+    /// connection. The address is the last one of `X-Forwarded-For`: the one that proxy added
+    /// (those before it are whatever the client claimed).
     fn from_x_forwarded(req: &RequestHeader, own: Origin) -> Option<Origin> {
         let header = |name: &str| {
             req.headers
-                .get(name)
+                .get_all(name)
+                .iter()
+                .last()
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
-        let client_ip = header(X_REAL_IP)
-            .or_else(|| header(X_FORWARDED_FOR).and_then(|list| list.rsplit(',').next()))
+        let client_ip = header(X_FORWARDED_FOR)
+            .and_then(|list| list.rsplit(',').next())
+            .or_else(|| header(X_REAL_IP))
             .and_then(|ip| ip.trim().parse::<IpAddr>().ok())?;
         Some(Origin {
             client_ip: Some(client_ip.to_canonical()),
@@ -161,13 +166,43 @@ fn parse_node(text: &str) -> (Option<IpAddr>, Option<u16>) {
     )
 }
 
-/// Replaces whatever the client claimed with what this hop saw.
+/// Whether a header field speaks for the client or for the hops before this one:
+/// `X-Forwarded-*` (For, Host, Port, Proto, Prefix, Ssl, Scheme, ... as Django, Werkzeug's
+/// ProxyFix and Rack read them), `Forwarded`, `X-Real-IP`, and the scheme fields `Front-End-Https`
+/// and `X-Url-Scheme`. `_` counts as `-`: uWSGI's `http-socket` gives `X_Forwarded_Host` and
+/// `X-Forwarded-Host` the same `HTTP_X_FORWARDED_HOST`.
+fn is_forwarding_field(name: &str) -> bool {
+    // Header names are lowercase already (`http::HeaderName`).
+    let same = |name: &[u8], field: &[u8]| {
+        name.len() == field.len()
+            && name
+                .iter()
+                .zip(field)
+                .all(|(n, f)| n == f || (*n == b'_' && *f == b'-'))
+    };
+    let name = name.as_bytes();
+    const PREFIX: &[u8] = b"x-forwarded-";
+    (name.len() > PREFIX.len() && same(&name[..PREFIX.len()], PREFIX))
+        || [
+            &b"forwarded"[..],
+            b"x-real-ip",
+            b"front-end-https",
+            b"x-url-scheme",
+        ]
+        .iter()
+        .any(|field| same(name, field))
+}
+
+/// Replaces whatever the client (or an untrusted hop) claimed with what this hop saw.
 pub fn replace_forwarding_headers(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
-    for name in [X_FORWARDED_FOR, X_REAL_IP, FORWARDED] {
-        // Most requests carry none of these; a lookup is much cheaper than a removal.
-        if req.headers.contains_key(name) {
-            req.remove_header(name);
-        }
+    let claimed: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| is_forwarding_field(name.as_str()))
+        .cloned()
+        .collect();
+    for name in claimed {
+        req.remove_header(&name);
     }
     if let Some(ip) = origin.client_ip {
         let ip = http::HeaderValue::from_str(&ip.to_string())
@@ -256,6 +291,55 @@ mod tests {
         );
         assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(req.headers.get_all("forwarded").iter().count(), 1);
+    }
+
+    #[test]
+    fn every_forwarding_field_of_the_client_goes() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let forged = [
+            "X-Forwarded-Host",
+            "X-Forwarded-Port",
+            "X-Forwarded-Prefix",
+            "X-Forwarded-Ssl",
+            "X-Forwarded-Scheme",
+            "X-Forwarded-Server",
+            "X_Forwarded_Host",
+            "x_forwarded_for",
+            "X-Real_IP",
+            "Front-End-Https",
+            "X-Url-Scheme",
+        ];
+        for name in forged {
+            req.append_header(name, "evil.example").unwrap();
+        }
+        req.insert_header("X-Forwarded-Host-Name-That-Is-Long", "x")
+            .unwrap();
+        req.insert_header("X-Forwardedness", "kept").unwrap();
+        req.insert_header("Accept", "kept").unwrap();
+        replace_forwarding_headers(&mut req, &origin()).unwrap();
+        let left: Vec<&str> = req.headers.keys().map(|n| n.as_str()).collect();
+        for name in forged {
+            assert!(
+                !left.contains(&name.to_ascii_lowercase().as_str()),
+                "{name} left: {left:?}"
+            );
+        }
+        assert!(left.contains(&"x-forwardedness") && left.contains(&"accept"));
+        assert!(!left.contains(&"x-forwarded-host-name-that-is-long"));
+    }
+
+    #[test]
+    fn a_proxy_without_forwarded_is_read_from_its_last_x_forwarded_for() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("X-Forwarded-For", "6.6.6.6, 198.51.100.9")
+            .unwrap();
+        req.insert_header("X-Real-IP", "6.6.6.6").unwrap();
+        req.insert_header("X-Forwarded-Proto", "https").unwrap();
+        let own = origin();
+        let seen = Origin::from_x_forwarded(&req, own).unwrap();
+        assert_eq!(seen.client_ip, Some("198.51.100.9".parse().unwrap()));
+        assert_eq!((seen.client_port, seen.https), (None, true));
+        assert_eq!(seen.server_port, own.server_port);
     }
 
     #[test]

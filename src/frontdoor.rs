@@ -4,7 +4,9 @@
 //! A request that fails is answered here. A WebSocket handshake is recognised here too, and
 //! gets the WebSocket idle timeout instead of the body timeout.
 
+use crate::cidr::Cidr;
 use crate::config::Frontend;
+use crate::forwarding::Origin;
 use crate::pages::{self, ErrorPages};
 use crate::per_client::{ClientLimiter, ClientSlot};
 use crate::request_checks::{self, HeaderLimits};
@@ -31,12 +33,15 @@ pub struct FrontDoor {
     /// A body must announce its length (411 otherwise): the role streams bodies to upstreams
     /// that need it first.
     length_required: bool,
+    trusted_proxies: Vec<Cidr>,
 }
 
-/// A request let in: its site, its place in its client's count, and whether it opens a
-/// WebSocket.
+/// A request let in: its site, its client, its place in its client's count, and whether it
+/// opens a WebSocket.
 pub struct Admitted {
     pub site: String,
+    /// The browser's address: the peer's, or what a trusted proxy said.
+    pub client: Option<std::net::IpAddr>,
     pub client_slot: Option<ClientSlot>,
     pub websocket: bool,
 }
@@ -64,7 +69,19 @@ impl FrontDoor {
             header_limits: frontend.header_limits,
             per_client: frontend.max_connections_per_client.map(ClientLimiter::new),
             length_required,
+            trusted_proxies: frontend.trusted_proxies.clone(),
         }
+    }
+
+    /// Whether the peer is one of `trusted_proxies`, whose word about the client counts.
+    pub fn is_trusted(&self, session: &Session) -> bool {
+        forwarding::client_ip(session)
+            .is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(ip)))
+    }
+
+    /// The browser's connection, as this hop knows it: its own, or a trusted proxy's word.
+    pub fn origin(&self, session: &Session) -> Origin {
+        Origin::of_request(session, self.is_trusted(session))
     }
 
     /// The first look at a request, as soon as its header is in and before anything is done
@@ -178,7 +195,8 @@ impl FrontDoor {
                 return Ok(None);
             }
         }
-        let client_slot = match (&self.per_client, forwarding::client_ip(session)) {
+        let client = self.origin(session).client_ip;
+        let client_slot = match (&self.per_client, client) {
             (Some(limiter), Some(ip)) => match ClientLimiter::try_enter(limiter, ip) {
                 Some(slot) => Some(slot),
                 None => {
@@ -196,6 +214,7 @@ impl FrontDoor {
         }
         Ok(Some(Admitted {
             site,
+            client,
             client_slot,
             websocket,
         }))

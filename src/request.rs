@@ -12,6 +12,8 @@ pub struct RequestState {
     pub started: Instant,
     /// Empty until the front door has admitted the request.
     pub site: String,
+    /// The browser's address, once admitted (until then, the peer's).
+    pub client: Option<std::net::IpAddr>,
     pub body_received: u64,
     /// Held until the request ends (max_connections_per_client).
     pub client_slot: Option<ClientSlot>,
@@ -35,6 +37,7 @@ impl RequestState {
             _in_progress: in_progress,
             started: Instant::now(),
             site: String::new(),
+            client: None,
             body_received: 0,
             client_slot: None,
             request_id: String::new(),
@@ -102,7 +105,7 @@ impl RequestState {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let facts = Facts {
-            client: forwarding::client_ip(session),
+            client: self.client.or_else(|| forwarding::client_ip(session)),
             site: if self.site.is_empty() {
                 "-"
             } else {

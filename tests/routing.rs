@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
+use std::io::{Read, Write};
 
 const SITES: [&str; 3] = ["alpha.example", "beta.example", "gamma.example"];
 
@@ -75,8 +76,17 @@ fn each_site_gets_its_own_app_and_always_the_same_backend() {
             assert_eq!(resp.status, 200, "{site}: {}", resp.text());
             assert_eq!(resp.json()["site"], site);
         }
-        let after = cluster.backend_counts("2xx");
-        let moved: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        // Counted in the request's last hook, just after the client has its answer.
+        let moved = || -> Vec<f64> {
+            let after = cluster.backend_counts("2xx");
+            after.iter().zip(&before).map(|(a, b)| a - b).collect()
+        };
+        wait_until(
+            "the 10 requests counted",
+            std::time::Duration::from_secs(5),
+            || moved().iter().sum::<f64>() >= 10.0,
+        );
+        let moved = moved();
         assert!(
             moved.contains(&10.0) && moved.contains(&0.0),
             "{site}: requests per backend {moved:?}, expected all 10 on one"
@@ -148,34 +158,114 @@ fn unknown_site_is_404_and_a_stopped_app_starts_through_the_edge() {
 #[test]
 fn forwarding_headers_say_who_the_client_is_and_cannot_be_forged() {
     let cluster = Cluster::start(&[]);
+    // A site on an http-socket, started by its first request.
+    let vassal = cluster.emperor.vassal(&repo_path("demo/app.py"), "");
+    cluster.emperor.add_site(
+        "http.example",
+        &vassal.replace("\nsocket = ", "\nhttp-socket = "),
+    );
     let forged = [
         ("X-Forwarded-For", "203.0.113.66"),
         ("X-Real-IP", "203.0.113.66"),
         ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=203.0.113.66;proto=https"),
+        // What Django (USE_X_FORWARDED_HOST/PORT) and Werkzeug's ProxyFix read too.
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Forwarded-Ssl", "on"),
     ];
-    let environ =
-        get_with(cluster.edge_port, "beta.example", "/", &forged).json()["environ"].clone();
-    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1");
-    assert_eq!(environ["HTTP_X_REAL_IP"], "127.0.0.1");
-    assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "http");
-    assert_eq!(environ["HTTP_HOST"], "beta.example", "Host is preserved");
+    // Never passed on by the edge, in any spelling.
+    let not_passed = [
+        "HTTP_X_FORWARDED_HOST",
+        "HTTP_X_FORWARDED_PORT",
+        "HTTP_X_FORWARDED_PREFIX",
+        "HTTP_X_FORWARDED_SSL",
+    ];
+    for (site, listens) in [("beta.example", "socket"), ("http.example", "http-socket")] {
+        let mut raw = format!("GET / HTTP/1.1\r\nHost: {site}\r\nConnection: close\r\n");
+        for (name, value) in forged {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        // uWSGI's http-socket makes `X_Forwarded_Host` HTTP_X_FORWARDED_HOST too.
+        raw.push_str("X_Forwarded_Host: evil.example\r\nX_Forwarded_For: 203.0.113.66\r\n\r\n");
+        let environ = send_raw(cluster.edge_port, raw.as_bytes()).json()["environ"].clone();
+        assert_eq!(
+            environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1",
+            "{listens}: {environ}"
+        );
+        assert_eq!(environ["HTTP_X_REAL_IP"], "127.0.0.1", "{listens}");
+        assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "http", "{listens}");
+        for key in not_passed {
+            assert!(environ.get(key).is_none(), "{listens}: {key} in {environ}");
+        }
+        assert!(
+            !environ["HTTP_FORWARDED"]
+                .as_str()
+                .unwrap()
+                .contains("203.0.113.66"),
+            "{listens}: {environ}"
+        );
+        assert_eq!(environ["HTTP_HOST"], site, "Host is preserved");
+    }
 
-    // A trusted hop (loopback by default) may speak for the client...
+    // A trusted hop (the backends here list the edges' 127.0.0.1) may speak for the client...
     let (backend_port, _, _) = cluster.backends[0];
     let environ = get_with(backend_port, "beta.example", "/", &forged).json()["environ"].clone();
     assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "203.0.113.66");
 
-    // ...an untrusted one may not.
+    // ...an untrusted one may not: by default nobody is trusted, loopback included (every app
+    // on a backend's host can reach it there).
     let root = tempfile::tempdir().unwrap();
     let (port, metrics) = (free_port(), free_port());
     let yaml = cluster
         .emperor
-        .backend_yaml(port, metrics, "  trusted_proxies: ['10.0.0.0/8']\n");
+        .backend_yaml_trusting(port, metrics, "", &[]);
     let _untrusting = Herald::start(root.path(), "untrusting", &yaml, &[port]);
-    let environ = get_with(port, "beta.example", "/", &forged).json()["environ"].clone();
+    let answer = get_with(port, "beta.example", "/", &forged).json();
+    let environ = &answer["environ"];
     assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1");
     assert_eq!(environ["HTTP_X_REAL_IP"], "127.0.0.1");
     assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "http");
+    assert_eq!(environ["REQUEST_SCHEME"], "http");
+    for key in not_passed {
+        assert!(environ.get(key).is_none(), "{key} in {environ}");
+    }
+}
+
+/// An edge behind the operator's own load balancer (`edge.trusted_proxies`) takes the client's
+/// address and scheme from it, and from nobody else.
+#[test]
+fn an_edge_believes_only_the_operators_load_balancer() {
+    let cluster = Cluster::start(&[]);
+    let (backend_port, _, _) = cluster.backends[0];
+    let root = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "edge:\n  listen: ['127.0.0.1:{port}']\n  backends: ['127.0.0.1:{backend_port}']\n  trusted_proxies: ['127.0.0.1/32']\n"
+    );
+    let _edge = Herald::start(root.path(), "behind-lb", &yaml, &[port]);
+    let request = b"GET / HTTP/1.1\r\nHost: beta.example\r\nConnection: close\r\n\
+        X-Forwarded-For: 6.6.6.6, 198.51.100.7\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n";
+    let ask = |from: [u8; 4]| {
+        let mut stream = connect_from(from, port);
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let body = &answer[answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+        serde_json::from_slice::<serde_json::Value>(body).unwrap()["environ"].clone()
+    };
+    // From the load balancer: the address it added last, and its scheme.
+    let environ = ask([127, 0, 0, 1]);
+    assert_eq!(environ["REMOTE_ADDR"], "198.51.100.7", "{environ}");
+    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "198.51.100.7");
+    assert_eq!(environ["HTTPS"], "on");
+    // From anywhere else: the connection's own.
+    let environ = ask([127, 0, 0, 2]);
+    assert_eq!(environ["REMOTE_ADDR"], "127.0.0.2", "{environ}");
+    assert_eq!(environ["REQUEST_SCHEME"], "http");
+    assert!(environ.get("HTTPS").is_none());
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,16 +129,6 @@ fn drive(slow: &mut [Slow], byte: u8, deadline: Duration) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A TCP connection to 127.0.0.1:`port` from the local address `from` (any of 127.0.0.0/8).
-fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
-    socket
-        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .unwrap();
-    socket.into()
 }
 
 /// Requests to `site` through both roles in a loop until `stop`; each one's status and time.

@@ -21,7 +21,6 @@ pub mod starter;
 pub mod vassal;
 
 use crate::access_log::AccessLog;
-use crate::cidr::Cidr;
 use crate::config::{AppProtocol, BackendConfig, UpstreamTimeouts};
 use crate::forwarding::{self, Origin};
 use crate::frontdoor::{self, FrontDoor};
@@ -53,7 +52,6 @@ use std::time::{Duration, Instant};
 pub struct BackendProxy {
     front_door: FrontDoor,
     sites: Arc<Sites>,
-    trusted_proxies: Vec<Cidr>,
     upstream: UpstreamTimeouts,
     metrics: RoleMetrics,
     access_log: AccessLog,
@@ -151,11 +149,6 @@ fn storage_page(e: &app::spool::StorageError) -> &'static pages::Page {
 }
 
 impl BackendProxy {
-    fn is_trusted(&self, session: &Session) -> bool {
-        forwarding::client_ip(session)
-            .is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(ip)))
-    }
-
     /// What nginx does before the app is involved (or started): refuse a path it would
     /// refuse, answer `100-continue`, read the whole body. `Some(page)`: the request ends here.
     async fn before_the_app(
@@ -222,10 +215,12 @@ impl ProxyHttp for BackendProxy {
         let Some(admitted) = self.front_door.admit(session).await? else {
             return Ok(true);
         };
+        ctx.request.client = admitted.client;
         ctx.request.client_slot = admitted.client_slot;
         ctx.request.websocket = admitted.websocket;
         // The edge's id, so its log line and this one can be matched.
-        ctx.request.identify(session, self.is_trusted(session));
+        ctx.request
+            .identify(session, self.front_door.is_trusted(session));
         let site = admitted.site;
         let Some(protocol) = self.sites.lookup(&site) else {
             self.front_door
@@ -321,7 +316,7 @@ impl ProxyHttp for BackendProxy {
         forwarding::strip_expect(upstream_request);
         upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
         // Only a trusted hop (the edge) may tell the app who the client is.
-        let trusted = self.is_trusted(session);
+        let trusted = self.front_door.is_trusted(session);
         let origin = Origin::of_request(session, trusted);
         if !(trusted && forwarding::has_forwarding_headers(upstream_request)) {
             forwarding::replace_forwarding_headers(upstream_request, &origin)?;
@@ -529,7 +524,6 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
     let proxy = BackendProxy {
         front_door: FrontDoor::new(&config.frontend, !config.gateway.request_buffering),
         sites: sites.clone(),
-        trusted_proxies: config.trusted_proxies.clone(),
         upstream: config.upstream,
         metrics: RoleMetrics::new("backend"),
         access_log: AccessLog::for_role("backend", &config.frontend),

@@ -39,6 +39,7 @@ pub struct EdgeSection {
     pub websocket_idle_timeout: Option<Scalar>,
     pub tls: Option<TlsSection>,
     pub h2c: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,6 +59,9 @@ pub struct Frontend {
     pub access_log_format: crate::access_log::Format,
     /// `NNN.html` files that replace the built-in pages.
     pub error_pages: Option<PathBuf>,
+    /// Peers whose word about the client (`Forwarded`, `X-Forwarded-*`) is believed: for an
+    /// edge, the operator's load balancer or TLS terminator; for a backend, the edges.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// How a role talks to its upstreams.
@@ -145,7 +148,6 @@ pub struct BackendConfig {
     pub sites_dir: PathBuf,
     pub vassals_dir: PathBuf,
     pub socket_path: SocketTemplate,
-    pub trusted_proxies: Vec<Cidr>,
     pub upstream: UpstreamTimeouts,
     pub starts: AppStarts,
     /// The uWSGI emperor's stats server, connected to after a vassal changes so that the

@@ -83,6 +83,7 @@ impl ProxyHttp for EdgeProxy {
                 // The outermost hop: an id the client made up is not kept.
                 ctx.request.identify(session, false);
                 ctx.request.site = admitted.site;
+                ctx.request.client = admitted.client;
                 ctx.request.client_slot = admitted.client_slot;
                 ctx.request.websocket = admitted.websocket;
                 self.front_door.send_continue_if_expected(session).await?;
@@ -132,13 +133,10 @@ impl ProxyHttp for EdgeProxy {
         forwarding::to_origin_form(upstream_request)?;
         forwarding::strip_expect(upstream_request);
         upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
-        // The edge is the outermost hop: nothing the client says about itself is kept. The
-        // backend builds the app's environ (REMOTE_ADDR, REMOTE_PORT, SERVER_PORT, HTTPS) from
-        // what the edge saw.
-        forwarding::replace_forwarding_headers(
-            upstream_request,
-            &forwarding::Origin::of_connection(session),
-        )
+        // Nothing the client says about itself or earlier hops is kept; only the operator's
+        // own load balancer (`edge.trusted_proxies`) may say who the client is. The backend
+        // builds the app's environ (REMOTE_ADDR, REMOTE_PORT, SERVER_PORT, HTTPS) from this.
+        forwarding::replace_forwarding_headers(upstream_request, &self.front_door.origin(session))
     }
 
     /// Nothing reached the backend: the next backend on the ring gets the request. A backend

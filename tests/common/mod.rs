@@ -237,11 +237,27 @@ impl Emperor {
             .count()
     }
 
-    /// A herald config with a backend role over this emperor's sites; `extra` lines go
-    /// under `backend:`.
+    /// A herald config with a backend role over this emperor's sites, trusting the edges the
+    /// tests run on 127.0.0.1; `extra` lines go under `backend:`.
     pub fn backend_yaml(&self, port: u16, metrics: u16, extra: &str) -> String {
+        self.backend_yaml_trusting(port, metrics, extra, &["127.0.0.1/32"])
+    }
+
+    /// `backend_yaml`, trusting `proxies` (none: Herald's default, nobody).
+    pub fn backend_yaml_trusting(
+        &self,
+        port: u16,
+        metrics: u16,
+        extra: &str,
+        proxies: &[&str],
+    ) -> String {
+        let trusted = if proxies.is_empty() {
+            String::new()
+        } else {
+            format!("  trusted_proxies: {proxies:?}\n")
+        };
         format!(
-            "metrics:\n  listen: 127.0.0.1:{metrics}\nbackend:\n  listen: ['127.0.0.1:{port}']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}\n{extra}",
+            "metrics:\n  listen: 127.0.0.1:{metrics}\nbackend:\n  listen: ['127.0.0.1:{port}']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}\n{trusted}{extra}",
             self.sites_dir.display(),
             self.vassals_dir.display(),
             self.socket_template()
@@ -417,6 +433,18 @@ impl Response {
             )
         })
     }
+}
+
+/// A TCP connection to 127.0.0.1:`port` from the local address `from` (any of 127.0.0.0/8).
+pub fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from((from, 0)).into())
+        .unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    socket.into()
 }
 
 /// Sends `raw` as is on a new connection and reads the answer until the server closes.

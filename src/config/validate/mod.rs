@@ -47,7 +47,6 @@ const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_HEALTH_FAILURES: usize = 2;
 const DEFAULT_HEALTH_SUCCESSES: usize = 2;
-const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_UNIX_SOCKET_PATH: usize = 107;
 
@@ -220,12 +219,13 @@ impl Checker {
             raw.limits.as_ref(),
             raw.websocket_idle_timeout.as_ref(),
         );
-        let frontend = self.logs_and_pages(
+        let mut frontend = self.logs_and_pages(
             frontend,
             "edge",
             raw.access_log.as_ref(),
             raw.error_pages.as_deref(),
         );
+        frontend.trusted_proxies = self.trusted_proxies("edge", raw.trusted_proxies.as_deref());
         let hash = match raw.hash.unwrap_or(HashName::Ketama) {
             HashName::Ketama => HashMode::Ketama,
             HashName::Modulo => HashMode::Modulo,
@@ -464,30 +464,16 @@ impl Checker {
             raw.limits.as_ref(),
             raw.websocket_idle_timeout.as_ref(),
         );
-        let frontend = self.logs_and_pages(
+        let mut frontend = self.logs_and_pages(
             frontend,
             "backend",
             raw.access_log.as_ref(),
             raw.error_pages.as_deref(),
         );
+        frontend.trusted_proxies = self.trusted_proxies("backend", raw.trusted_proxies.as_deref());
         let sites_dir = self.existing_dir("backend.sites_dir", &raw.sites_dir);
         let vassals_dir = self.existing_dir("backend.vassals_dir", &raw.vassals_dir);
         let socket_path = self.socket_template("backend.socket_path", &raw.socket_path);
-        let trusted_proxies = match &raw.trusted_proxies {
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .filter_map(|(i, text)| {
-                    Cidr::parse(text)
-                        .map_err(|e| self.bad(format!("backend.trusted_proxies[{i}]"), e))
-                        .ok()
-                })
-                .collect(),
-            None => DEFAULT_TRUSTED_PROXIES
-                .iter()
-                .map(|text| Cidr::parse(text).expect("default networks parse"))
-                .collect(),
-        };
         let upstream = self.upstream_timeouts(
             "backend",
             raw.limits.as_ref(),
@@ -524,7 +510,6 @@ impl Checker {
             sites_dir,
             vassals_dir,
             socket_path,
-            trusted_proxies,
             upstream,
             starts,
             emperor_stats,
@@ -713,7 +698,22 @@ impl Checker {
             access_log: crate::access_log::Destination::Off,
             access_log_format: crate::access_log::Format::Combined,
             error_pages: None,
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// `ROLE.trusted_proxies`: nobody unless listed (every app on a backend host can reach the
+    /// backend over loopback, so loopback is no proof of being an edge).
+    fn trusted_proxies(&mut self, role: &str, list: Option<&[String]>) -> Vec<Cidr> {
+        list.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                Cidr::parse(text)
+                    .map_err(|e| self.bad(format!("{role}.trusted_proxies[{i}]"), e))
+                    .ok()
+            })
+            .collect()
     }
 
     fn logs_and_pages(
