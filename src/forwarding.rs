@@ -114,7 +114,7 @@ impl Origin {
             req.headers
                 .get_all(name)
                 .iter()
-                .last()
+                .next_back()
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
