@@ -237,7 +237,20 @@ pub fn buffer_failed(what: &str) {
     BUFFER_FAILURES.with_label_values(&[what]).inc();
 }
 
+static APP_SOCKET_OWNER_MISMATCHES: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_app_socket_owner_mismatches_total",
+        "Connections to an app's socket refused because another user than the site's owner listened there"
+    )
+    .expect("metric registers once")
+});
+
+pub fn app_socket_owner_mismatch() {
+    APP_SOCKET_OWNER_MISMATCHES.inc();
+}
+
 pub fn register_all() {
+    Lazy::force(&APP_SOCKET_OWNER_MISMATCHES);
     for what in ["request", "answer"] {
         BUFFERED_TO_FILE.with_label_values(&[what]);
         BUFFERED_TO_FILE_BYTES.with_label_values(&[what]);

@@ -126,6 +126,11 @@ pub const APP_MISCONFIGURED: Page = page!(
     "502 Bad Gateway",
     "The web app for this site is not set up in a way this server can start."
 );
+pub const APP_IMPOSTOR: Page = page!(
+    502,
+    "502 Bad Gateway",
+    "The socket of this site's web app is held by another user than the site's owner, so the request was not sent to it."
+);
 pub const APP_START_UNAVAILABLE: Page = page!(
     503,
     "503 Service Unavailable",

@@ -86,6 +86,8 @@ pub struct BackendCtx {
     busy_pause: Option<Duration>,
     /// What the site's app speaks.
     protocol: AppProtocol,
+    /// The uid the site's app must run as.
+    owner: u32,
     /// The whole request body, read before the app is connected.
     body: Option<Arc<RequestBody>>,
     /// The current attempt's connection to the app, when Herald makes it.
@@ -198,6 +200,7 @@ impl ProxyHttp for BackendProxy {
             busy_since: None,
             busy_pause: None,
             protocol: AppProtocol::Uwsgi,
+            owner: 0,
             body: None,
             exchange: None,
         }
@@ -222,7 +225,7 @@ impl ProxyHttp for BackendProxy {
         ctx.request
             .identify(session, self.front_door.is_trusted(session));
         let site = admitted.site;
-        let Some(protocol) = self.sites.lookup(&site) else {
+        let Some(known) = self.sites.lookup(&site) else {
             self.front_door
                 .pages()
                 .send(session, &pages::UNKNOWN_SITE)
@@ -230,7 +233,16 @@ impl ProxyHttp for BackendProxy {
             return Ok(true);
         };
         ctx.request.site = site;
-        ctx.protocol = protocol;
+        ctx.protocol = known.protocol;
+        let Ok(owner) = known.owner else {
+            // Logged when the vassal file was read.
+            self.front_door
+                .pages()
+                .send(session, &pages::APP_MISCONFIGURED)
+                .await?;
+            return Ok(true);
+        };
+        ctx.owner = owner;
         if let Some(page) = self.before_the_app(session, ctx).await? {
             self.front_door.pages().send(session, page).await?;
             return Ok(true);
@@ -293,15 +305,18 @@ impl ProxyHttp for BackendProxy {
             ctx.request.websocket,
             &mut peer.options,
         );
-        ctx.exchange = self.gateway.exchange(
-            ctx.protocol,
-            ctx.body.clone(),
-            ctx.request.websocket,
+        let exchange = self.gateway.exchange(
+            app::Attempt {
+                site: &ctx.request.site,
+                owner: ctx.owner,
+                protocol: ctx.protocol,
+                body: ctx.body.clone(),
+                websocket: ctx.request.websocket,
+            },
             &self.upstream,
         );
-        if let Some(exchange) = &ctx.exchange {
-            peer.options.custom_l4 = Some(Gateway::connector(exchange));
-        }
+        peer.options.custom_l4 = Some(Gateway::connector(&exchange));
+        ctx.exchange = Some(exchange);
         ctx.request.upstream_chosen();
         Ok(Box::new(peer))
     }
@@ -321,7 +336,8 @@ impl ProxyHttp for BackendProxy {
         if !(trusted && forwarding::has_forwarding_headers(upstream_request)) {
             forwarding::replace_forwarding_headers(upstream_request, &origin)?;
         }
-        if let Some(exchange) = &ctx.exchange {
+        let exchange = ctx.exchange.as_ref().expect("set with the peer");
+        if !exchange.is_plain() {
             let request = app::Request {
                 site: &ctx.request.site,
                 protocol: ctx.protocol,
@@ -439,6 +455,7 @@ impl ProxyHttp for BackendProxy {
                     storage_page(e)
                 }
                 AppFailure::SendTimeout => &pages::TIMEOUT,
+                AppFailure::WrongOwner => &pages::APP_IMPOSTOR,
             };
             if session.response_written().is_none() {
                 if let Err(e) = self.front_door.pages().send(session, page).await {

@@ -1,4 +1,5 @@
-//! The sites this backend knows, where each one's app listens, and which protocol it speaks.
+//! The sites this backend knows, where each one's app listens, which protocol it speaks, and
+//! who owns it: the user its app must run as, which the socket's peer credentials must show.
 
 use super::vassal;
 use crate::config::{AppProtocol, SocketTemplate};
@@ -21,12 +22,24 @@ struct FileVersion {
     modified_nsec: i64,
     inode: u64,
     len: u64,
+    /// A `chown` changes no mtime.
+    uid: u32,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Declared {
     version: FileVersion,
     protocol: Option<AppProtocol>,
+    owner: Result<u32, String>,
+}
+
+/// A known site, as its vassal file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub protocol: AppProtocol,
+    /// The uid its app runs as: the vassal's `uid` option, else the vassal file's owner. `Err`:
+    /// the vassal names a user this machine does not know.
+    pub owner: Result<u32, String>,
 }
 
 impl Sites {
@@ -44,10 +57,10 @@ impl Sites {
     }
 
     /// A site is known when its vassal file is in `sites_dir` ("sites available"); then the
-    /// protocol its app speaks: what its vassal file says, or `backend.app_protocol`. The file
-    /// is read again only when it changes. `site` must come from `host::parse_site`, which
-    /// keeps it a plain file name.
-    pub fn lookup(&self, site: &str) -> Option<AppProtocol> {
+    /// protocol its app speaks (what its vassal file says, or `backend.app_protocol`) and its
+    /// owner. The file is read again only when it changes. `site` must come from
+    /// `host::parse_site`, which keeps it a plain file name.
+    pub fn lookup(&self, site: &str) -> Option<Site> {
         let path = self.vassal_file(site);
         let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
         let version = FileVersion {
@@ -55,28 +68,38 @@ impl Sites {
             modified_nsec: meta.mtime_nsec(),
             inode: meta.ino(),
             len: meta.len(),
+            uid: meta.uid(),
         };
         let cached = self
             .declared
             .read()
             .expect("never poisoned")
             .get(site)
-            .copied();
-        let protocol = match cached {
-            Some(declared) if declared.version == version => declared.protocol,
-            _ => {
-                // Unreadable now (being replaced, say): the default, and another look next time.
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let protocol =
-                    vassal::declared_protocol(&text, site, &self.socket_path.path_for(site));
-                self.declared
-                    .write()
-                    .expect("never poisoned")
-                    .insert(site.to_owned(), Declared { version, protocol });
-                protocol
+            .filter(|declared| declared.version == version)
+            .cloned();
+        let declared = cached.unwrap_or_else(|| {
+            // Unreadable now (being replaced, say): the default, and another look next time.
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let declared = Declared {
+                version,
+                protocol: vassal::declared_protocol(&text, site, &self.socket_path.path_for(site)),
+                owner: vassal::declared_uid(&text).map(|uid| uid.unwrap_or(meta.uid())),
+            };
+            if let Err(why) = &declared.owner {
+                log::warn!(
+                    "site {site}: {why} ({path:?}); its requests get 502 until the vassal names a user this machine knows"
+                );
             }
-        };
-        Some(protocol.unwrap_or(self.default_protocol))
+            self.declared
+                .write()
+                .expect("never poisoned")
+                .insert(site.to_owned(), declared.clone());
+            declared
+        });
+        Some(Site {
+            protocol: declared.protocol.unwrap_or(self.default_protocol),
+            owner: declared.owner,
+        })
     }
 
     pub fn is_known(&self, site: &str) -> bool {
@@ -116,16 +139,22 @@ mod tests {
         let sites = sites_in(dir.path());
         assert_eq!(sites.lookup("a.example"), None);
         let ini = dir.path().join("a.example.ini");
+        let protocol = |sites: &Sites| sites.lookup("a.example").map(|s| s.protocol);
         std::fs::write(&ini, "[uwsgi]\nhttp-socket = x\n").unwrap();
-        assert_eq!(sites.lookup("a.example"), Some(AppProtocol::Http));
+        assert_eq!(protocol(&sites), Some(AppProtocol::Http));
         std::fs::write(&ini, "[uwsgi]\nsocket = the new one\n").unwrap();
-        assert_eq!(sites.lookup("a.example"), Some(AppProtocol::Uwsgi));
+        assert_eq!(protocol(&sites), Some(AppProtocol::Uwsgi));
         std::fs::write(&ini, "[uwsgi]\nplugins = python3\n").unwrap();
         assert_eq!(
-            sites.lookup("a.example"),
+            protocol(&sites),
             Some(AppProtocol::Uwsgi),
             "unsaid: the default"
         );
+        // The owner: the vassal file's, unless it says `uid`.
+        let file_owner = std::fs::metadata(&ini).unwrap().uid();
+        assert_eq!(sites.lookup("a.example").unwrap().owner, Ok(file_owner));
+        std::fs::write(&ini, "[uwsgi]\nuid = 4321\n").unwrap();
+        assert_eq!(sites.lookup("a.example").unwrap().owner, Ok(4321));
         std::fs::remove_file(&ini).unwrap();
         assert_eq!(sites.lookup("a.example"), None);
     }

@@ -1,7 +1,7 @@
 //! What a site's vassal file says about where and how its app listens: its socket options in
 //! `[uwsgi]`, `socket`/`uwsgi-socket` (the uwsgi protocol) or `http-socket`/`http11-socket`
-//! (HTTP). The option that listens where Herald connects decides the site's protocol, over
-//! `backend.app_protocol`; a local start checks there is one.
+//! (HTTP), and the user it runs as (`uid`). The option that listens where Herald connects
+//! decides the site's protocol, over `backend.app_protocol`; a local start checks there is one.
 
 use crate::config::AppProtocol;
 
@@ -64,6 +64,38 @@ pub fn declared_protocol(ini: &str, site: &str, expected: &str) -> Option<AppPro
         .find(|o| expand_name(&o.value, site).is_ok_and(|path| path == expected))
         .or(options.first())
         .map(|o| o.protocol)
+}
+
+/// The user the vassal's app runs as: its `uid` option, a number or a user name. `Ok(None)`:
+/// it has none (the app runs as the emperor's user, or the vassal file's owner in tyrant mode).
+pub fn declared_uid(ini: &str) -> Result<Option<u32>, String> {
+    let mut in_uwsgi = false;
+    let mut uid = None;
+    for line in ini.lines().map(str::trim) {
+        if line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            in_uwsgi = section.trim() == "uwsgi";
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=').filter(|_| in_uwsgi) {
+            if key.trim() == "uid" {
+                uid = Some(value.trim().to_owned());
+            }
+        }
+    }
+    let Some(uid) = uid else {
+        return Ok(None);
+    };
+    if let Ok(number) = uid.parse::<u32>() {
+        return Ok(Some(number));
+    }
+    match nix::unistd::User::from_name(&uid) {
+        Ok(Some(user)) => Ok(Some(user.uid.as_raw())),
+        Ok(None) => Err(format!("uid {uid:?} is not a user on this machine")),
+        Err(e) => Err(format!("cannot look up the user {uid:?}: {e}")),
+    }
 }
 
 /// Checks that one socket option listens at `expected` once `%n` (the vassal's name, i.e. the
@@ -154,6 +186,20 @@ mod tests {
         for (ini, expected) in cases {
             assert_eq!(declared_protocol(ini, SITE, EXPECTED), expected, "{ini}");
         }
+    }
+
+    #[test]
+    fn the_uid_option_names_the_user_by_number_or_name() {
+        assert_eq!(declared_uid("[uwsgi]\nsocket = x\n"), Ok(None));
+        assert_eq!(
+            declared_uid("[uwsgi]\nuid = 1234\ngid = 1234\n"),
+            Ok(Some(1234))
+        );
+        assert_eq!(declared_uid("[uwsgi]\nuid = root\n"), Ok(Some(0)));
+        assert_eq!(declared_uid("[other]\nuid = 7\n[uwsgi]\n"), Ok(None));
+        assert!(declared_uid("[uwsgi]\nuid = no-such-user-here\n")
+            .unwrap_err()
+            .contains("not a user"));
     }
 
     #[test]

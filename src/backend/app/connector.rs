@@ -57,8 +57,32 @@ impl L4Connect for AppConnector {
                     )
                 }
             };
+        self.check_owner(&socket, path)?;
         let stream = AppStream::new(socket, self.exchange.clone());
         Ok(Stream::from(VirtualSocketStream::new(Box::new(stream))))
+    }
+}
+
+impl AppConnector {
+    /// Whoever listens on the socket must be the site's owner: anyone else (another tenant's
+    /// app, bound where this site's socket was) never gets a byte of the request.
+    fn check_owner(&self, socket: &tokio::net::UnixStream, path: &std::path::Path) -> Result<()> {
+        let expected = self.exchange.owner;
+        let found = socket
+            .peer_cred()
+            .or_err(ConnectError, "reading the socket's peer credentials")?
+            .uid();
+        if found == expected {
+            return Ok(());
+        }
+        log::error!(
+            "site {}: the socket {} is held by uid {found}, not by the site's owner, uid {expected}: the request was not sent",
+            self.exchange.site,
+            path.display()
+        );
+        crate::metrics::app_socket_owner_mismatch();
+        self.exchange.fail(AppFailure::WrongOwner);
+        Error::e_explain(ConnectError, "the app's socket is held by another user")
     }
 }
 
@@ -342,6 +366,10 @@ mod tests {
         Arc::new(body)
     }
 
+    fn me() -> u32 {
+        nix::unistd::getuid().as_raw()
+    }
+
     fn buffered(temp: &TempDir, memory: usize) -> AnswerMode {
         AnswerMode::Buffered(AnswerBuffers {
             memory,
@@ -354,6 +382,8 @@ mod tests {
     async fn the_app_gets_the_head_and_body_and_pingora_gets_the_answer() {
         let f = fixture();
         let exchange = Arc::new(Exchange::new(
+            "a.example",
+            me(),
             Some(body(b"hello")),
             buffered(&f.temp, 1024),
             Duration::from_secs(5),
@@ -400,6 +430,8 @@ mod tests {
     async fn pingoras_header_passes_when_there_is_no_head_and_the_body_streams() {
         let f = fixture();
         let exchange = Arc::new(Exchange::new(
+            "a.example",
+            me(),
             None,
             AnswerMode::Direct,
             Duration::from_secs(5),
@@ -422,6 +454,8 @@ mod tests {
     async fn an_app_that_reads_nothing_fails_the_send_after_the_send_timeout() {
         let f = fixture();
         let exchange = Arc::new(Exchange::new(
+            "a.example",
+            me(),
             Some(body(&vec![7u8; 8 << 20])),
             AnswerMode::Direct,
             Duration::from_secs(5),
@@ -449,6 +483,8 @@ mod tests {
         let addr = f.addr.clone();
         drop(f);
         let exchange = Arc::new(Exchange::new(
+            "a.example",
+            me(),
             None,
             AnswerMode::Direct,
             Duration::from_secs(5),
@@ -460,5 +496,33 @@ mod tests {
             .downcast_ref::<io::Error>()
             .expect("the io error is kept");
         assert_eq!(io.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_socket_held_by_another_user_gets_nothing() {
+        let f = fixture();
+        let exchange = Arc::new(Exchange::new(
+            "a.example",
+            me() + 1,
+            Some(body(b"secret")),
+            AnswerMode::Direct,
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        ));
+        let refused = AppConnector {
+            exchange: exchange.clone(),
+        }
+        .connect(&f.addr)
+        .await;
+        assert!(refused.is_err());
+        assert!(matches!(
+            exchange.take_failure(),
+            Some(AppFailure::WrongOwner)
+        ));
+        // The impostor's side of the connection: closed, with nothing sent.
+        let (mut app, _) = f.listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "{got:?}");
     }
 }

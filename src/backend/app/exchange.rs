@@ -10,6 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Exchange {
+    pub site: String,
+    /// The uid the socket's listener must have (`SO_PEERCRED`).
+    pub owner: u32,
+    /// An HTTP app with nothing to buffer: Pingora's own bytes both ways.
+    plain: bool,
     /// Set by `upstream_request_filter`; `None`: Pingora's own header goes to the app.
     head: Mutex<Option<Bytes>>,
     /// The whole body, read before connecting; Pingora then sends none itself.
@@ -48,16 +53,23 @@ pub enum AppFailure {
     Storage(StorageError),
     /// The app stopped reading the request for `proxy_send_timeout`.
     SendTimeout,
+    /// The socket is held by another user than the site's owner (logged with both uids).
+    WrongOwner,
 }
 
 impl Exchange {
     pub fn new(
+        site: &str,
+        owner: u32,
         body: Option<Arc<RequestBody>>,
         answer: AnswerMode,
         connect_timeout: Duration,
         send_timeout: Duration,
     ) -> Exchange {
         Exchange {
+            site: site.to_owned(),
+            owner,
+            plain: false,
             head: Mutex::new(None),
             body,
             answer,
@@ -74,6 +86,17 @@ impl Exchange {
 
     pub fn has_http2_status_line(&self) -> bool {
         self.http2_status_line.load(Ordering::Relaxed)
+    }
+
+    /// Marks an exchange where Herald adds nothing: no head of its own, no buffered body or
+    /// answer (such a connection may even be pooled, with `upstream_keepalive_timeout`).
+    pub fn plain(mut self) -> Exchange {
+        self.plain = true;
+        self
+    }
+
+    pub fn is_plain(&self) -> bool {
+        self.plain
     }
 
     pub fn set_head(&self, head: Bytes) {

@@ -31,6 +31,15 @@ pub struct Gateway {
     answer_dir: TempDir,
 }
 
+/// What the hooks know about the request when its connection is chosen.
+pub struct Attempt<'a> {
+    pub site: &'a str,
+    pub owner: u32,
+    pub protocol: AppProtocol,
+    pub body: Option<Arc<RequestBody>>,
+    pub websocket: bool,
+}
+
 /// What the hooks know about the request when its head for the app is made.
 pub struct Request<'a> {
     pub site: &'a str,
@@ -69,15 +78,17 @@ impl Gateway {
         .await
     }
 
-    /// Where the request goes, for one attempt: a connection of Herald's own (`Some`), or
-    /// Pingora's plain unix socket for an HTTP app with nothing to buffer (`None`).
-    pub fn exchange(
-        &self,
-        protocol: AppProtocol,
-        body: Option<Arc<RequestBody>>,
-        websocket: bool,
-        timeouts: &UpstreamTimeouts,
-    ) -> Option<Arc<Exchange>> {
+    /// Where the request goes, for one attempt. Always through Herald's connector, which
+    /// checks whose socket it is; a plain one (an HTTP app with nothing to buffer) carries
+    /// Pingora's bytes as they are.
+    pub fn exchange(&self, attempt: Attempt, timeouts: &UpstreamTimeouts) -> Arc<Exchange> {
+        let Attempt {
+            site,
+            owner,
+            protocol,
+            body,
+            websocket,
+        } = attempt;
         let answer = if self.config.response_buffering && !websocket {
             AnswerMode::Buffered(AnswerBuffers {
                 memory: self.config.proxy_buffers,
@@ -89,7 +100,8 @@ impl Gateway {
         };
         let plain =
             protocol == AppProtocol::Http && body.is_none() && matches!(answer, AnswerMode::Direct);
-        (!plain).then(|| Arc::new(Exchange::new(body, answer, timeouts.connect, timeouts.send)))
+        let exchange = Exchange::new(site, owner, body, answer, timeouts.connect, timeouts.send);
+        Arc::new(if plain { exchange.plain() } else { exchange })
     }
 
     /// The connector that makes `exchange`'s connection, for the peer's `custom_l4`.
