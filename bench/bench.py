@@ -298,7 +298,10 @@ class Bench:
         for d in (self.sites, self.vassals, self.sockets, self.herald_tmp, os.path.join(root, "logs")):
             os.makedirs(d)
         with open(os.path.join(REPO, "demo", "vassal.ini.template")) as f:
-            self.template = f.read().replace("@SOCKET_DIR@", self.sockets)
+            # The apps run as the bench's own user, as Herald and nginx do here.
+            self.template = (f.read().replace("@SOCKET_DIR@", self.sockets)
+                             .replace("@UID@", str(os.getuid())).replace("@HERALD_GID@", str(os.getgid()))
+                             .replace("@GID@", str(os.getgid())))
 
     def spawn(self, name, args, **kw):
         proc = Proc(name, args, os.path.join(self.root, "logs", name + ".log"), **kw)

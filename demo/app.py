@@ -17,6 +17,7 @@ def application(environ, start_response):
     answer = {
         "site": SITE,
         "pid": os.getpid(),
+        "uid": os.getuid(),
         "method": environ.get("REQUEST_METHOD"),
         "path": environ.get("PATH_INFO"),
         "body_length": len(body),

@@ -12,9 +12,9 @@ use std::path::Path;
 const SYSTEM_DIRS: [&str; 6] = [
     "/etc/herald/sites",
     "/etc/uwsgi/vassals",
-    "/run/herald/sockets",
+    "/run/herald-apps/sockets",
     "/run/herald",
-    "/run/herald/emperor",
+    "/run/herald-apps/emperor",
     "/var/log/herald",
 ];
 
@@ -23,7 +23,8 @@ fn relocate(text: &str, root: &Path) -> String {
     for prefix in [
         "/etc/herald",
         "/etc/uwsgi",
-        "/run/herald",
+        "/run/herald-apps",
+        "/run/herald/",
         "/var/log/herald",
     ] {
         text = text.replace(prefix, &format!("{}{prefix}", root.display()));

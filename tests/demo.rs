@@ -38,6 +38,11 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
             "demo output lacks {expected:?}:\n{stdout}\n{stderr}"
         );
     }
+    // As root, each app runs as a uid of its own (gamma is the third: 61003).
+    if current_uid() == 0 {
+        assert!(stdout.contains("\"uid\": 61003"), "{stdout}");
+        assert!(stdout.contains("each under a uid of its own"), "{stdout}");
+    }
     // Everything the demo started is gone: nothing is listening on its sockets any more.
     for site in [
         "alpha.localhost",

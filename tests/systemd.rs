@@ -86,5 +86,50 @@ fn units_match_the_shipped_configuration() {
         );
         assert_eq!(values(&unit, "NoNewPrivileges"), ["yes"]);
         assert!(!values(&unit, "LimitNOFILE").is_empty());
+        // Herald's runtime files and logs: no app may write there.
+        assert_eq!(values(&unit, "User"), ["herald"], "{role}");
+        assert_eq!(values(&unit, "RuntimeDirectoryMode"), ["0750"], "{role}");
+        assert_eq!(values(&unit, "LogsDirectoryMode"), ["0750"], "{role}");
+    }
+}
+
+/// Each app runs as its site's user: the emperor as root (it drops every vassal to its `uid`),
+/// the sockets in a directory no app can write, which is the one conf/backend.yaml names.
+#[test]
+fn apps_run_as_their_own_users_behind_sockets_no_app_can_replace() {
+    let emperor = unit("herald-uwsgi-emperor.service");
+    assert_eq!(values(&emperor, "User"), ["root"]);
+    assert_eq!(values(&emperor, "Group"), ["herald"]);
+    assert_eq!(values(&emperor, "RuntimeDirectoryMode"), ["0750"]);
+    let runtime = values(&emperor, "RuntimeDirectory").join(" ");
+    let conf = fs::read_to_string(repo_path("conf/backend.yaml")).unwrap();
+    let setting = |key: &str| {
+        conf.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in conf/backend.yaml"))
+            .to_owned()
+    };
+    for (key, path) in [
+        ("socket_path", setting("socket_path")),
+        ("emperor_stats", setting("emperor_stats")),
+    ] {
+        let dir = std::path::Path::new(&path).parent().unwrap();
+        let relative = dir.strip_prefix("/run").unwrap().to_str().unwrap();
+        assert!(
+            runtime.split_whitespace().any(|d| d == relative),
+            "{key} {path} is not in the emperor's RuntimeDirectory {runtime}"
+        );
+    }
+    let template = fs::read_to_string(repo_path("demo/vassal.ini.template")).unwrap();
+    for line in [
+        "uid = @UID@",
+        "gid = @GID@",
+        "chown-socket = @UID@:@HERALD_GID@",
+        "chmod-socket = 660",
+    ] {
+        assert!(
+            template.lines().any(|l| l == line),
+            "the template lacks {line:?}"
+        );
     }
 }

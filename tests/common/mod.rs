@@ -278,6 +278,21 @@ fn demo_vassal(sockets_dir: &Path, app: &Path) -> String {
         .unwrap()
         .replace("@SOCKET_DIR@", sockets_dir.to_str().unwrap())
         .replace("@APP@", app.to_str().unwrap())
+        // The tests' apps run as the tests' user (tests/isolation.rs gives apps users of their
+        // own); Herald runs as that user too.
+        .replace("@UID@", &current_uid().to_string())
+        .replace("@HERALD_GID@", &current_gid().to_string())
+        .replace("@GID@", &current_gid().to_string())
+}
+
+pub fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+pub fn current_gid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { libc::getgid() }
 }
 
 /// A herald process running `yaml`, started once all of `ports` accept connections.
