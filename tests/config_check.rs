@@ -162,6 +162,35 @@ fn broken_configs_are_rejected_naming_file_and_field() {
     );
 }
 
+/// Herald's runtime files where an app could replace them: `-t` still passes, and says which.
+#[test]
+fn runtime_files_others_can_write_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().display().to_string();
+    let shared = root.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let yaml = format!(
+        "server:\n  pid_file: {dir}/shared/herald.pid\n  upgrade_sock: {dir}/herald.sock\n\
+         backend:\n  listen: ['127.0.0.1:8080']\n  sites_dir: {dir}\n  vassals_dir: {dir}\n  socket_path: {dir}/{{host}}.sock\n\
+         \x20 access_log:\n    path: {dir}/shared/access.log\n"
+    );
+    let path = root.path().join("shared-runtime.yaml");
+    fs::write(&path, yaml).unwrap();
+    let (code, _, stderr) = check(&path);
+    assert_eq!(code, 0, "{stderr}");
+    for field in ["server.pid_file", "backend.access_log.path"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("{field}: warning: ")) && l.contains("everyone")),
+            "no warning for {field}:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("server.upgrade_sock"), "{stderr}");
+}
+
 #[test]
 fn help_documents_the_flags() {
     let out = run_herald(&["--help"]);

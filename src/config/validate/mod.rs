@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 mod gateway;
+mod private_files;
 
 const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
 const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
@@ -156,6 +157,7 @@ impl Checker {
             warnings: Vec::new(),
         };
         self.listeners_are_distinct(&config);
+        self.runtime_files_are_private(&config);
         config
     }
 
