@@ -70,8 +70,11 @@ fn shipped_examples_pass() {
 fn broken_configs_are_rejected_naming_file_and_field() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().display().to_string();
+    for sub in ["vassals", "sockets"] {
+        fs::create_dir(root.path().join(sub)).unwrap();
+    }
     let backend = |extra: &str| {
-        format!("backend:\n  listen: ['127.0.0.1:8080']\n  sites_dir: {dir}\n  vassals_dir: {dir}\n  socket_path: {dir}/{{host}}.sock\n{extra}")
+        format!("backend:\n  listen: ['127.0.0.1:8080']\n  sites_dir: {dir}\n  vassals_dir: {dir}/vassals\n  socket_path: {dir}/sockets/{{host}}.sock\n{extra}")
     };
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("bad-backend-address", "edge:\n  listen: ['0.0.0.0:80']\n  backends: [10.0.0.1:80, 10.0.0.x:80]\n".into(),
@@ -91,6 +94,8 @@ fn broken_configs_are_rejected_naming_file_and_field() {
                  r#"backend.vassals_dir: "relative/vassals" must be an absolute path"#,
                  r#"backend.socket_path: directory "/nonexistent/" does not exist"#]),
         ("template-without-host", backend("").replace("{host}.sock", "app.sock"), vec!["backend.socket_path:", "must contain {host} exactly once"]),
+        ("shared-dirs", format!("backend:\n  listen: ['127.0.0.1:8080']\n  sites_dir: {dir}\n  vassals_dir: {dir}/./\n  socket_path: {dir}/{{host}}.sock\n"),
+            vec!["backend.vassals_dir: is sites_dir: stopping an app removes its vassal", "backend.socket_path: its directory is sites_dir or vassals_dir"]),
         ("bad-units", backend("  limits:\n    proxy_read_timeout: 5 minutes\n    proxy_connect_timeout: 10q\n    client_max_body_size: 1t\n    client_header_timeout: 0\n    large_client_header_buffers: 8k\n"),
             vec!["backend.limits.proxy_read_timeout: invalid duration", "backend.limits.proxy_connect_timeout: invalid duration \"10q\": unknown unit", "backend.limits.client_max_body_size: invalid size", "backend.limits.client_header_timeout: must be more than 0", "backend.limits.large_client_header_buffers: invalid value \"8k\": expected a number and a size"]),
         ("bad-cidr", backend("  trusted_proxies: [10.0.0.0/8, 10.0.0.1/8, 300.0.0.0/8]\n"),
@@ -170,10 +175,11 @@ fn runtime_files_others_can_write_are_warned_about() {
     let dir = root.path().display().to_string();
     let shared = root.path().join("shared");
     fs::create_dir(&shared).unwrap();
+    fs::create_dir(root.path().join("sockets")).unwrap();
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
     let yaml = format!(
         "server:\n  pid_file: {dir}/shared/herald.pid\n  upgrade_sock: {dir}/herald.sock\n\
-         backend:\n  listen: ['127.0.0.1:8080']\n  sites_dir: {dir}\n  vassals_dir: {dir}\n  socket_path: {dir}/{{host}}.sock\n\
+         backend:\n  listen: ['127.0.0.1:8080']\n  sites_dir: {dir}\n  vassals_dir: {dir}/shared\n  socket_path: {dir}/sockets/{{host}}.sock\n\
          \x20 access_log:\n    path: {dir}/shared/access.log\n"
     );
     let path = root.path().join("shared-runtime.yaml");

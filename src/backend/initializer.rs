@@ -6,8 +6,10 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora_core::connectors::http::Connector;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// Why an app could not be enabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,27 +107,85 @@ impl Initializer {
 
     /// Copies `sites_dir/<site>.ini` into the emperor's directory in one rename, so the
     /// emperor never reads half a file, after checking that the app will listen where
-    /// Herald connects.
+    /// Herald connects. The copy is made under a new temporary name (`O_EXCL`: a file or
+    /// symlink already there is never opened, let alone followed) with the source's mode but
+    /// never wider than 0640: a vassal says who its app runs as, and only the emperor and
+    /// Herald have any business reading it.
     async fn copy_vassal(&self, site: &str) -> Result<(), InitError> {
         let source = self.sites_dir.join(format!("{site}.ini"));
-        let text = tokio::fs::read_to_string(&source)
+        let read = async {
+            let mode = tokio::fs::metadata(&source).await?.permissions().mode();
+            Ok::<_, std::io::Error>((tokio::fs::read_to_string(&source).await?, mode))
+        };
+        let (text, mode) = read
             .await
             .map_err(|e| InitError::Misconfigured(format!("cannot read {source:?}: {e}")))?;
         let expected = self.socket_path.path_for(site);
         super::vassal::check_socket(&text, site, &expected)
             .map_err(|why| InitError::Misconfigured(format!("{source:?}: {why}")))?;
-        // Not *.ini, so the emperor ignores it until the rename.
-        let temporary = self.vassals_dir.join(format!(".{site}.ini.herald-tmp"));
         let target = self.enabled_vassal(site);
-        let written = async {
-            tokio::fs::write(&temporary, &text).await?;
-            tokio::fs::rename(&temporary, &target).await
-        }
-        .await;
-        written.map_err(|e| {
+        let (temporary, written) = self.write_new(site, text.as_bytes(), mode & 0o640).await;
+        let renamed = match written {
+            Ok(()) => tokio::fs::rename(&temporary, &target).await,
+            Err(e) => Err(e),
+        };
+        renamed.map_err(|e| {
             let _ = std::fs::remove_file(&temporary);
             InitError::Failed(format!("cannot write {target:?}: {e}"))
         })
+    }
+
+    /// Writes `text` to a temporary file of the emperor's directory that did not exist before
+    /// (not `*.ini`, so the emperor ignores it until the rename); its path and the outcome.
+    async fn write_new(
+        &self,
+        site: &str,
+        text: &[u8],
+        mode: u32,
+    ) -> (PathBuf, std::io::Result<()>) {
+        let mut last = None;
+        for attempt in 0..8 {
+            let temporary = self.vassals_dir.join(format!(
+                ".{site}.ini.herald-tmp{}",
+                if attempt == 0 {
+                    String::new()
+                } else {
+                    format!(".{attempt}")
+                }
+            ));
+            let created = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&temporary)
+                .await;
+            match created {
+                Ok(mut file) => {
+                    let written = async {
+                        file.write_all(text).await?;
+                        file.flush().await
+                    }
+                    .await;
+                    return (temporary, written);
+                }
+                // Something is already there: another name, never that file.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    last = Some((temporary, e))
+                }
+                Err(e) => return (temporary, Err(e)),
+            }
+        }
+        let (temporary, e) = last.expect("at least one attempt");
+        // Not ours to remove: give back a path nothing will be done to.
+        (
+            self.vassals_dir
+                .join(format!(".{site}.ini.herald-tmp.none")),
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("{temporary:?} and 7 other temporary names are taken"),
+            )),
+        )
     }
 }
 
@@ -182,5 +242,61 @@ async fn post_site(
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn a_vassal_is_written_under_a_name_nobody_planted_and_never_wider_than_0640() {
+        let sites = tempfile::tempdir().unwrap();
+        let vassals = tempfile::tempdir().unwrap();
+        let sockets = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}/{{host}}.sock\n",
+            sites.path().display(),
+            vassals.path().display(),
+            sockets.path().display()
+        );
+        let config = crate::config::parse_for_tests(&yaml).backend.unwrap();
+        let initializer = Initializer::new(
+            &config.starts.initializer,
+            &config.sites_dir,
+            &config.vassals_dir,
+            &config.socket_path,
+        );
+        let source = sites.path().join("a.example.ini");
+        std::fs::write(
+            &source,
+            format!(
+                "[uwsgi]\nsocket = {}/%n.sock\nuid = 1234\n",
+                sockets.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // A symlink planted at the temporary name, to a file it must not touch.
+        let victim = sites.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let planted = vassals.path().join(".a.example.ini.herald-tmp");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+
+        initializer.enable("a.example").await.unwrap();
+
+        let vassal = initializer.enabled_vassal("a.example");
+        assert_eq!(
+            std::fs::read_to_string(&vassal).unwrap(),
+            std::fs::read_to_string(&source).unwrap()
+        );
+        let mode = std::fs::metadata(&vassal).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o640, 0, "mode {mode:o}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(std::fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

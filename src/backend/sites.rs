@@ -120,9 +120,13 @@ mod tests {
     use super::*;
     use crate::host::parse_site;
 
+    /// Sites in `dir` (vassals and sockets in directories of their own inside it).
     fn sites_in(dir: &std::path::Path) -> Sites {
+        for sub in ["vassals", "sockets"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
         let yaml = format!(
-            "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {0}\n  vassals_dir: {0}\n  socket_path: {0}/{{host}}.sock\n",
+            "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {0}\n  vassals_dir: {0}/vassals\n  socket_path: {0}/sockets/{{host}}.sock\n",
             dir.display()
         );
         let config = crate::config::parse_for_tests(&yaml).backend.unwrap();
@@ -168,7 +172,10 @@ mod tests {
             let vassal = sites.vassal_file(&site);
             assert_eq!(vassal.parent().unwrap(), template_dir.path());
             let socket = PathBuf::from(sites.socket_path(&site));
-            assert_eq!(socket.parent().unwrap(), template_dir.path());
+            assert_eq!(
+                socket.parent().unwrap(),
+                template_dir.path().join("sockets")
+            );
             assert_eq!(
                 socket.file_name().unwrap().to_str().unwrap(),
                 format!("{site}.sock")
@@ -213,8 +220,9 @@ mod tests {
         let (sites_dir, sockets_dir, sites) = FIXTURE.get_or_init(|| {
             let (sites_dir, sockets_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let yaml = format!(
-                "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {}\n  vassals_dir: {0}\n  socket_path: {}/{{host}}.sock\n",
+                "backend:\n  listen: ['127.0.0.1:1']\n  sites_dir: {}\n  vassals_dir: {}\n  socket_path: {}/{{host}}.sock\n",
                 sites_dir.path().display(),
+                std::env::temp_dir().display(),
                 sockets_dir.path().display()
             );
             let config = crate::config::parse_for_tests(&yaml).backend.unwrap();

@@ -497,6 +497,7 @@ impl Checker {
                 None
             }
         });
+        self.backend_dirs_are_distinct(&sites_dir, &vassals_dir, &socket_path);
         let gateway = self.gateway(&raw);
         if !upstream.keepalive.is_zero()
             && (gateway.request_buffering || gateway.response_buffering)
@@ -986,6 +987,35 @@ impl Checker {
         template
     }
 
+    /// The emperor's directory and the sockets' must not be `sites_dir`: stopping an app
+    /// removes its vassal from `vassals_dir`, which would then be the site's only definition.
+    fn backend_dirs_are_distinct(
+        &mut self,
+        sites: &Path,
+        vassals: &Path,
+        sockets: &SocketTemplate,
+    ) {
+        let canonical = |path: &Path| path.canonicalize().ok();
+        let Some(sites) = canonical(sites) else {
+            return;
+        };
+        if canonical(vassals).as_ref() == Some(&sites) {
+            self.bad(
+                "backend.vassals_dir",
+                "is sites_dir: stopping an app removes its vassal from vassals_dir, which would delete the site; give the emperor a directory of its own",
+            );
+        }
+        let socket_dir = canonical(sockets.directory());
+        if socket_dir.is_some()
+            && (socket_dir == Some(sites.clone()) || socket_dir == canonical(vassals))
+        {
+            self.bad(
+                "backend.socket_path",
+                "its directory is sites_dir or vassals_dir: keep the sockets in a directory of their own, which no app can write",
+            );
+        }
+    }
+
     fn listeners_are_distinct(&mut self, config: &Config) {
         let mut seen: HashSet<SocketAddr> = HashSet::new();
         let mut claim = |field: String, addr: SocketAddr, problems: &mut Vec<(String, String)>| {
@@ -1103,7 +1133,7 @@ mod tests {
             config.edge.unwrap().frontend.websocket_idle_timeout,
             Duration::from_secs(900)
         );
-        let backend = "backend:\n  listen: ['127.0.0.1:81']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: /tmp/{host}.sock\n";
+        let backend = "backend:\n  listen: ['127.0.0.1:81']\n  sites_dir: /tmp\n  vassals_dir: /var/tmp\n  socket_path: /var/{host}.sock\n";
         let text = problems(&format!(
             "{edge}  websocket_idle_timeout: 0\n{backend}  websocket_idle_timeout: soon\n"
         ));
@@ -1187,24 +1217,24 @@ mod tests {
             ("run/{host}.sock", "absolute"),
             ("/no/such/dir/{host}.sock", "does not exist"),
         ] {
-            let yaml = format!("backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: {template}\n");
+            let yaml = format!("backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /var/tmp\n  socket_path: {template}\n");
             assert!(
                 problems(&yaml).contains(expect),
                 "{template}: {}",
                 problems(&yaml)
             );
         }
-        let yaml = "backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: /tmp/{host}.sock\n";
+        let yaml = "backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /var/tmp\n  socket_path: /var/{host}.sock\n";
         let backend = parse("t.yaml", yaml).unwrap().backend.unwrap();
         assert_eq!(
             backend.socket_path.path_for("a.example"),
-            "/tmp/a.example.sock"
+            "/var/a.example.sock"
         );
     }
 
     #[test]
     fn app_start_settings() {
-        let base = "backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /tmp\n  socket_path: /tmp/{host}.sock\n";
+        let base = "backend:\n  listen: ['127.0.0.1:80']\n  sites_dir: /tmp\n  vassals_dir: /var/tmp\n  socket_path: /var/{host}.sock\n";
         let starts = parse("t.yaml", base).unwrap().backend.unwrap().starts;
         assert!(matches!(starts.initializer, InitializerConfig::Local));
         assert_eq!(starts.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
