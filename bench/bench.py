@@ -298,10 +298,13 @@ class Bench:
         for d in (self.sites, self.vassals, self.sockets, self.herald_tmp, os.path.join(root, "logs")):
             os.makedirs(d)
         with open(os.path.join(REPO, "demo", "vassal.ini.template")) as f:
-            # The apps run as the bench's own user, as Herald and nginx do here.
+            # The apps run as the bench's own user, as Herald and nginx do here (by name:
+            # uWSGI takes `gid = 0` for no group).
+            import grp
+            import pwd
+            user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
             self.template = (f.read().replace("@SOCKET_DIR@", self.sockets)
-                             .replace("@UID@", str(os.getuid())).replace("@HERALD_GID@", str(os.getgid()))
-                             .replace("@GID@", str(os.getgid())))
+                             .replace("@UID@", user).replace("@HERALD_GID@", group).replace("@GID@", group))
 
     def spawn(self, name, args, **kw):
         proc = Proc(name, args, os.path.join(self.root, "logs", name + ".log"), **kw)

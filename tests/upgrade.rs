@@ -206,3 +206,41 @@ fn upgrades_under_load_lose_nothing() {
     eprintln!("{answered} requests answered across {UPGRADES} upgrades, none lost");
     current.assert_running();
 }
+
+/// During an upgrade the old process keeps running for Pingora's 5 s and its grace period, and
+/// what it knows of each app's last request is stale from the moment the new process takes
+/// requests: it must leave stopping idle apps to the new process (which sees them).
+#[test]
+fn the_old_process_leaves_idle_apps_to_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let emperor = Emperor::start(root, &["kept.example"], &[]);
+    let (edge, backend, metrics) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "server:\n  pid_file: {0}/herald.pid\n  upgrade_sock: {0}/herald.upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n{1}edge:\n  listen: ['127.0.0.1:{edge}']\n  backends: ['127.0.0.1:{backend}']\n",
+        root.display(),
+        emperor.backend_yaml(backend, metrics, "  idle_timeout: 2s\n")
+    );
+    let config = root.join("herald.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut old = spawn_herald(root, &config, false, 0);
+    wait_until("herald to listen", STARTUP_DEADLINE, || {
+        old.assert_running();
+        TcpStream::connect(("127.0.0.1", edge)).is_ok()
+    });
+    // The old process's last word on the app: a request now. It would call the app idle 2 s
+    // later, well within the 6 s it keeps running after the QUIT.
+    assert_eq!(get(edge, "kept.example", "/hello").status, 200);
+    let mut new = spawn_herald(root, &config, true, 1);
+    old.signal_group(libc::SIGQUIT);
+    wait_until("the old process to exit", Duration::from_secs(30), || {
+        new.assert_running();
+        old.has_exited()
+    });
+    let log = old.log();
+    assert!(log.contains("idle apps are its to stop now"), "{log}");
+    assert!(
+        !log.contains("stop kept.example"),
+        "the old process stopped an app after handing over:\n{log}"
+    );
+}

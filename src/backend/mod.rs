@@ -570,6 +570,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
                 idle_timeout,
                 stop_timeout: config.starts.start_timeout,
                 emperor,
+                phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
             };
             server.add_service(GenBackgroundService::new("herald idle reaper".into(), Arc::new(reaper)));
         }

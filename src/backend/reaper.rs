@@ -1,5 +1,7 @@
 //! Stops apps that have had no request for `idle_timeout`: every enabled vassal of a known
 //! site is looked at on each sweep, including apps that were running before Herald started.
+//! A process that hands its sockets to a new one in a graceful upgrade stops sweeping at once:
+//! its requests have gone to the new process, and to it every app would look idle.
 
 use super::activity::Activity;
 use super::emperor::Emperor;
@@ -8,12 +10,13 @@ use super::sites::Sites;
 use crate::{host, metrics};
 use async_trait::async_trait;
 use log::{info, warn};
-use pingora::server::ShutdownWatch;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
+use tokio::sync::broadcast;
 
 pub struct Reaper {
     pub activity: Arc<Activity>,
@@ -24,6 +27,8 @@ pub struct Reaper {
     /// How long to wait for a stopped app's socket to go away before forgetting it stops.
     pub stop_timeout: Duration,
     pub emperor: Arc<Emperor>,
+    /// Pingora's execution phases, to see a graceful upgrade begin.
+    pub phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
 }
 
 impl Reaper {
@@ -101,11 +106,33 @@ impl Reaper {
 impl BackgroundService for Reaper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let interval = self.sweep_interval();
+        let mut phases = self.phases.lock().expect("never poisoned").take();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                handing_over = next_handover(&mut phases) => if handing_over {
+                    info!("handing the listening sockets to a new process: idle apps are its to stop now");
+                    return;
+                },
                 _ = tokio::time::sleep(interval) => self.sweep().await,
             }
+        }
+    }
+}
+
+/// Waits for the next execution phase; `true` once a graceful upgrade hands the sockets over.
+/// Never ends when there are no phases to watch.
+async fn next_handover(phases: &mut Option<broadcast::Receiver<ExecutionPhase>>) -> bool {
+    let Some(receiver) = phases else {
+        return std::future::pending().await;
+    };
+    match receiver.recv().await {
+        Ok(ExecutionPhase::GracefulUpgradeTransferringFds)
+        | Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => true,
+        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => false,
+        Err(broadcast::error::RecvError::Closed) => {
+            *phases = None;
+            false
         }
     }
 }

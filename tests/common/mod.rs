@@ -279,10 +279,10 @@ fn demo_vassal(sockets_dir: &Path, app: &Path) -> String {
         .replace("@SOCKET_DIR@", sockets_dir.to_str().unwrap())
         .replace("@APP@", app.to_str().unwrap())
         // The tests' apps run as the tests' user (tests/isolation.rs gives apps users of their
-        // own); Herald runs as that user too.
-        .replace("@UID@", &current_uid().to_string())
-        .replace("@HERALD_GID@", &current_gid().to_string())
-        .replace("@GID@", &current_gid().to_string())
+        // own); Herald runs as that user too. By name: uWSGI takes `gid = 0` for no group.
+        .replace("@UID@", &current_user())
+        .replace("@HERALD_GID@", &current_group())
+        .replace("@GID@", &current_group())
 }
 
 pub fn current_uid() -> u32 {
@@ -293,6 +293,22 @@ pub fn current_uid() -> u32 {
 pub fn current_gid() -> u32 {
     // SAFETY: getgid has no preconditions and cannot fail.
     unsafe { libc::getgid() }
+}
+
+/// The tests' user's name (its uid when it has none).
+pub fn current_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(current_uid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| current_uid().to_string(), |u| u.name)
+}
+
+/// The tests' group's name (its gid when it has none).
+pub fn current_group() -> String {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(current_gid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| current_gid().to_string(), |g| g.name)
 }
 
 /// A herald process running `yaml`, started once all of `ports` accept connections.
