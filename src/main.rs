@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     };
     if cli.test {
         for warning in &config.warnings {
-            eprintln!("{warning}");
+            eprintln!("{}", logging::printable(warning));
         }
         println!("{}: configuration OK", cli.conf);
         return ExitCode::SUCCESS;

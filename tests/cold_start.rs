@@ -213,6 +213,32 @@ fn starts_in_progress_never_exceed_max_starts() {
     assert_eq!(backend.starts("ok"), 50.0);
 }
 
+/// `start_queue: 0`: no site waits for a slot; a start goes ahead only when one is free.
+#[test]
+fn with_no_start_queue_a_free_slot_still_starts_an_app() {
+    let sites: Vec<String> = (0..4).map(|i| format!("unqueued{i}.example")).collect();
+    let names: Vec<&str> = sites.iter().map(String::as_str).collect();
+    let backend = Backend::start(&names, "  max_starts: 1\n  start_queue: 0\n");
+    assert_eq!(
+        get(backend.port, &sites[0], "/hello").status,
+        200,
+        "a free slot starts it"
+    );
+    let requests: Vec<_> = sites[1..]
+        .iter()
+        .map(|site| {
+            let (port, site) = (backend.port, site.clone());
+            std::thread::spawn(move || get(port, &site, "/hello").status)
+        })
+        .collect();
+    let statuses: Vec<u16> = requests.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&503),
+        "nobody waits for the one slot: {statuses:?}"
+    );
+}
+
 #[test]
 fn a_full_start_queue_answers_503_with_retry_after() {
     let sites: Vec<String> = (0..6).map(|i| format!("queued{i}.example")).collect();

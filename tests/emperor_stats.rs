@@ -93,3 +93,34 @@ fn an_idle_stop_wakes_the_emperor_too() {
         "a 10 s scan period, and the app took {took:?} to stop"
     );
 }
+
+/// An emperor that restarts runs every vassal anew: a request meanwhile waits for its app
+/// (within `start_timeout`) instead of calling it broken because its vassal is old.
+#[test]
+fn an_emperor_restart_makes_requests_wait_not_fail() {
+    let (dir, emperor, port, _metrics, _herald) = setup(true, Some("1"), "  start_timeout: 3s\n");
+    assert_eq!(get(port, "cold.example", "/hello").status, 200);
+    // The vassal is now older than start_timeout: without the emperor's word it would be
+    // "broken" as soon as its app does not answer.
+    let vassal_written = Instant::now();
+    wait_until("the vassal to age", Duration::from_secs(10), || {
+        vassal_written.elapsed() > Duration::from_millis(3500)
+    });
+    drop(emperor); // stops the emperor and its vassals
+    let socket = dir.path().join("sockets/cold.example.sock");
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_err());
+    // Asked while the emperor is down; it comes back half a second later.
+    let asked = std::thread::spawn(move || get(port, "cold.example", "/hello"));
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = dir.path().join("emperor-stats.sock");
+    let args = [
+        "--emperor-stats",
+        stats.to_str().unwrap(),
+        "--emperor-freq",
+        "1",
+    ];
+    let _emperor = Emperor::start_with(dir.path(), &[], &[], &args);
+    let answer = asked.join().unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().starts_with("Hello from cold.example"));
+}

@@ -281,6 +281,9 @@ fn sni_picks_each_certificate_by_the_names_it_carries() {
             );
             fs::copy(&one.crt, certs.join("mismatch.crt")).unwrap();
             fs::copy(&other.key, certs.join("mismatch.key")).unwrap();
+            // A file name that tries to forge a log line of its own.
+            fs::write(certs.join("zz\nFORGED ERROR.crt"), "junk").unwrap();
+            fs::write(certs.join("zz\nFORGED ERROR.key"), "junk").unwrap();
         },
         "",
     );
@@ -321,7 +324,12 @@ fn sni_picks_each_certificate_by_the_names_it_carries() {
     assert!(out.status.success(), "{stderr}");
     let config = node.herald.config.display();
     let warnings: Vec<&str> = stderr.lines().collect();
-    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    // Names are escaped: no line of the log or of `-t` starts where a file name says.
+    for text in [&log, &stderr.to_string()] {
+        assert!(!text.lines().any(|l| l.starts_with("FORGED")), "{text}");
+        assert!(text.contains("zz\\nFORGED ERROR.crt"), "{text}");
+    }
     assert!(
         warnings[0].starts_with(&format!(
             "{config}: edge.tls.certs_dir: warning: {certs}/corrupt.crt: not valid PEM"
@@ -365,7 +373,7 @@ fn sni_picks_each_certificate_by_the_names_it_carries() {
     });
 
     assert_eq!(node.metric("herald_tls_certificates_loaded", &[]), 4.0);
-    assert_eq!(node.metric("herald_tls_certificates_invalid", &[]), 2.0);
+    assert_eq!(node.metric("herald_tls_certificates_invalid", &[]), 3.0);
 }
 
 #[test]
@@ -694,9 +702,14 @@ fn herald_t_checks_the_tls_section() {
     fs::write(&junk, "not a certificate\n").unwrap();
     let empty_dir = root.path().join("empty");
     fs::create_dir_all(&empty_dir).unwrap();
+    // Runtime files in the test's own directory (Pingora's defaults, in /tmp, get a warning).
+    let server = format!(
+        "server:\n  pid_file: {0}/h.pid\n  upgrade_sock: {0}/h.sock\n",
+        root.path().display()
+    );
     let edge = |tls: &str| {
         format!(
-            "edge:\n  listen: ['127.0.0.1:8080']\n  backends: ['127.0.0.1:9000']\n  tls:\n{tls}"
+            "{server}edge:\n  listen: ['127.0.0.1:8080']\n  backends: ['127.0.0.1:9000']\n  tls:\n{tls}"
         )
     };
     let pair = |crt: &Path, key: &Path| {

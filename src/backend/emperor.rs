@@ -1,7 +1,8 @@
 //! The uWSGI emperor's stats server (`--emperor-stats`). The emperor scans its directory when
 //! anything wakes its event loop, so one connection right after a vassal is written or removed
 //! makes the app start (or stop) in milliseconds instead of at the next scan (1-3 s). What the
-//! stats server sends back tells which vassals have a running process.
+//! stats server sends back tells which vassals have a running process, and since when the
+//! emperor runs each one (an emperor that restarts runs them all anew).
 
 use crate::config::StatsAddress;
 use crate::metrics;
@@ -31,9 +32,31 @@ pub struct EmperorStats {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct VassalStats {
+    /// The vassal's file name.
+    #[serde(default)]
+    pub id: String,
     /// 0 while the vassal has no process (not yet spawned, or between respawns).
     #[serde(default)]
     pub pid: i64,
+    /// When this emperor first ran the vassal (seconds since the epoch).
+    #[serde(default)]
+    pub first_run: i64,
+    /// When the emperor last cursed it for dying (0: never): it fails to run.
+    #[serde(default)]
+    pub cursed: i64,
+}
+
+/// What the emperor says of one vassal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VassalRun {
+    /// No stats server configured: nothing is known.
+    Unknown,
+    /// The stats server does not answer: the emperor is down, or restarting.
+    EmperorDown,
+    /// Running (or starting), by this emperor since then, and never cursed.
+    Since(std::time::SystemTime),
+    /// Cursed for dying, or not run at all (uWSGI drops vassals that keep dying).
+    Failing,
 }
 
 impl Emperor {
@@ -75,6 +98,26 @@ impl Emperor {
                     "the emperor's stats server {address:?} sent something unexpected: {problem}"
                 ));
             }
+        }
+    }
+
+    /// What the emperor says of `vassal` (a file name in its directory), asking it now.
+    pub async fn vassal_run(&self, vassal: &str) -> VassalRun {
+        let Some(address) = self.stats.as_ref() else {
+            return VassalRun::Unknown;
+        };
+        let answer = match tokio::time::timeout(TIMEOUT, read_all(address)).await {
+            Ok(Ok(answer)) => answer,
+            _ => return VassalRun::EmperorDown,
+        };
+        let Ok(stats) = parse(&answer) else {
+            return VassalRun::Unknown;
+        };
+        match stats.vassals.iter().find(|v| v.id == vassal) {
+            Some(v) if v.cursed == 0 && v.first_run > 0 => VassalRun::Since(
+                std::time::UNIX_EPOCH + Duration::from_secs(v.first_run.unsigned_abs()),
+            ),
+            _ => VassalRun::Failing,
         }
     }
 
@@ -126,5 +169,11 @@ mod tests {
             .unwrap_err()
             .contains("more than"));
         assert_eq!(parse(b"{}").unwrap().vassals.len(), 0);
+        let restarted = br#"{"vassals":[{"id":"a.example.ini","pid":7,"first_run":1796295155,"cursed":0},{"id":"b.example.ini","pid":8,"first_run":1796295155,"cursed":1796295160}]}"#;
+        let stats = parse(restarted).unwrap();
+        assert_eq!(
+            (stats.vassals[0].first_run, stats.vassals[1].cursed),
+            (1796295155, 1796295160)
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! over and over.
 
 use super::activity::SiteActivity;
-use super::emperor::Emperor;
+use super::emperor::{Emperor, VassalRun};
 use super::initializer::{InitError, Initializer};
 use super::socket_watch::{SocketChange, SocketWatcher};
 use crate::config::{AppStarts, SocketTemplate};
@@ -230,8 +230,12 @@ impl Starter {
         }
     }
 
-    /// A start slot, after waiting in the bounded queue for at most `start_timeout`.
+    /// A start slot: a free one at once, else after waiting in the bounded queue (at most
+    /// `start_queue` sites, `0`: none) for at most `start_timeout`.
     async fn take_slot(&self) -> Result<SemaphorePermit<'_>, String> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            return Ok(slot);
+        }
         if self.queued.fetch_add(1, Ordering::SeqCst) >= self.start_queue {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(format!(
@@ -274,16 +278,25 @@ impl Starter {
         let deadline = match tokio::fs::metadata(&vassal).await {
             Ok(meta) => {
                 // Enabled already (by us before a restart, by another Herald process, or by
-                // the control plane): still starting if recent, broken if not.
+                // the control plane): still starting if the emperor began running it recently
+                // (it was written recently, or the emperor itself just restarted), broken if
+                // not.
                 let written = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                let file_name = format!("{site}.ini");
+                let running_since = match self.emperor.vassal_run(&file_name).await {
+                    // Down or restarting: it runs every vassal anew when it is back.
+                    VassalRun::EmperorDown => SystemTime::now(),
+                    VassalRun::Since(first_run) => written.max(first_run),
+                    VassalRun::Unknown | VassalRun::Failing => written,
+                };
                 let age = SystemTime::now()
-                    .duration_since(written)
+                    .duration_since(running_since)
                     .unwrap_or_default();
                 if age >= self.start_timeout {
                     return Err((
                         StartError::Broken,
                         format!(
-                            "its vassal {vassal:?} is {} s old and the app does not answer; see the app's uWSGI log",
+                            "its vassal {vassal:?} has run for {} s and the app does not answer; see the app's uWSGI log",
                             age.as_secs()
                         ),
                     ));

@@ -73,6 +73,8 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
+            // A file name in a message may hold anything; no problem may forge another line.
+            let message = crate::logging::printable(message);
             match field.as_str() {
                 "" => write!(f, "{}: {message}", self.file)?,
                 field => write!(f, "{}: {field}: {message}", self.file)?,
