@@ -12,6 +12,7 @@
 //! forwards everything else (server and HTTP/2 options, shutdown) to the proxy inside.
 
 use crate::config::Frontend;
+use crate::handshake_limit::{HandshakeLimit, Handshakes};
 use crate::metrics;
 use crate::per_client::ClientLimiter;
 use async_trait::async_trait;
@@ -69,6 +70,7 @@ where
             .map(ClientLimiter::new),
         open: metrics::open_connections(role),
         refused: metrics::refused_connections(role),
+        handshakes: Arc::new(Handshakes::default()),
     };
     Service::new(name.to_owned(), limit)
 }
@@ -156,6 +158,21 @@ pub struct ConnectionLimit<A> {
     per_client: Option<Arc<ClientLimiter>>,
     open: IntGauge,
     refused: IntCounter,
+    /// TLS connections are counted from their accept, before the handshake (`HandshakeLimit`).
+    handshakes: Arc<Handshakes>,
+}
+
+impl<A> ConnectionLimit<A> {
+    /// The same limits for TLS connections from their accept, sharing the per-client counts,
+    /// with their handshakes bounded by `timeout` (for Pingora's pre-TLS callback).
+    pub fn handshake_limit(&self, timeout: Duration) -> HandshakeLimit {
+        HandshakeLimit {
+            per_client: self.per_client.clone(),
+            refused: self.refused.clone(),
+            timeout,
+            handshakes: self.handshakes.clone(),
+        }
+    }
 }
 
 #[async_trait]
@@ -168,7 +185,15 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let tls = stream.get_ssl_digest().is_some();
+        if tls {
+            // Counted since its accept; its handshake is over.
+            if let Some((peer, local)) = ends(&stream) {
+                self.handshakes.finished(peer, local);
+            }
+        }
         let _slot = match (&self.per_client, client_ip(&stream)) {
+            _ if tls => None,
             (Some(limiter), Some(ip)) => {
                 match ClientLimiter::try_enter(limiter, ip) {
                     Some(slot) => Some(slot),
@@ -214,4 +239,12 @@ fn client_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
     let addr = digest.peer_addr()?.as_inet()?;
     Some(addr.ip().to_canonical())
+}
+
+fn ends(stream: &Stream) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let digest = stream.get_socket_digest()?;
+    Some((
+        *digest.peer_addr()?.as_inet()?,
+        *digest.local_addr()?.as_inet()?,
+    ))
 }

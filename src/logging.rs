@@ -30,6 +30,19 @@ impl log::Log for CountingLogger {
         if !self.0.matches(record) {
             return;
         }
+        let (write, left_out) = crate::tls::handshakes::log_admission(record);
+        if let Some(count) = left_out {
+            self.0.log(
+                &log::Record::builder()
+                    .args(format_args!("{count} more failed TLS handshakes were not logged (herald_tls_handshakes_total{{result=\"failed\"}} counts every one)"))
+                    .level(log::Level::Warn)
+                    .target("herald::tls")
+                    .build(),
+            );
+        }
+        if !write {
+            return;
+        }
         let text = record.args().to_string();
         match printable(&text) {
             Cow::Borrowed(_) => self.0.log(record),

@@ -1,6 +1,7 @@
 //! Herald: one binary, two roles. `main` reads the command line and the configuration, then
 //! adds the edge and/or backend proxies (see `edge` and `backend`) to a Pingora server.
-// The one exception is registering inotify's descriptor with tokio (backend::socket_watch).
+// The exceptions: registering inotify's descriptor with tokio (backend::socket_watch), and a
+// second descriptor for a TLS connection's handshake watchdog (handshake_limit).
 #![deny(unsafe_code)]
 
 mod access_log;
@@ -11,6 +12,7 @@ mod config;
 mod edge;
 mod forwarding;
 mod frontdoor;
+mod handshake_limit;
 mod host;
 mod listener;
 mod logging;

@@ -245,12 +245,25 @@ static APP_SOCKET_OWNER_MISMATCHES: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+static TLS_HANDSHAKE_TIMEOUTS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_tls_handshake_timeouts_total",
+        "TLS connections closed because their handshake did not finish within ssl_handshake_timeout"
+    )
+    .expect("metric registers once")
+});
+
+pub fn tls_handshake_timed_out() {
+    TLS_HANDSHAKE_TIMEOUTS.inc();
+}
+
 pub fn app_socket_owner_mismatch() {
     APP_SOCKET_OWNER_MISMATCHES.inc();
 }
 
 pub fn register_all() {
     Lazy::force(&APP_SOCKET_OWNER_MISMATCHES);
+    Lazy::force(&TLS_HANDSHAKE_TIMEOUTS);
     for what in ["request", "answer"] {
         BUFFERED_TO_FILE.with_label_values(&[what]);
         BUFFERED_TO_FILE_BYTES.with_label_values(&[what]);

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -830,4 +831,60 @@ fn the_commented_tls_example_in_conf_passes_herald_t() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// Silent connections to the TLS port count against `max_open_connections_per_client` from
+/// their accept, before any handshake, and are cut at `ssl_handshake_timeout`, while other
+/// clients' handshakes and requests succeed and the log stays readable.
+#[test]
+fn silent_tls_connections_are_capped_and_cut_while_others_are_served() {
+    let node = Node::start(
+        |pki, certs| install_pair(&pki.issue("sites", &["alpha.example"], 30), certs, "sites"),
+        "    ssl_handshake_timeout: 2s\n  limits:\n    max_open_connections_per_client: 100\n",
+    );
+    let refused = || node.metric("herald_client_connections_refused_total", &[("role", "edge")]);
+    let refused_before = refused();
+    let began = std::time::Instant::now();
+    let silent: Vec<std::net::TcpStream> =
+        (0..2000).map(|_| connect_from([127, 0, 0, 2], node.tls)).collect();
+    wait_until("1,900 connections refused", Duration::from_secs(20), || {
+        refused() - refused_before >= 1900.0
+    });
+    // Another client is served meanwhile.
+    let (answer, version) = node.curl_https("alpha.example", "/", &["--http1.1"]);
+    assert_eq!((answer["site"].as_str(), version.as_str()), (Some("alpha.example"), "1.1"));
+    // Every silent connection ends: at once past the cap, at the deadline within it.
+    let mut cut_at_deadline = 0;
+    for mut stream in silent {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a silent connection was not closed: {other:?}"),
+        }
+        if began.elapsed() >= Duration::from_millis(1900) {
+            cut_at_deadline += 1;
+        }
+    }
+    assert!(began.elapsed() < Duration::from_secs(12), "{:?}", began.elapsed());
+    assert!(cut_at_deadline >= 1, "the held connections were cut at the deadline");
+    wait_until("the handshake timeouts counted", Duration::from_secs(10), || {
+        node.metric("herald_tls_handshake_timeouts_total", &[]) >= 90.0
+    });
+    assert!(node.metric("herald_tls_handshake_timeouts_total", &[]) <= 100.0);
+    // And yet another client after them all.
+    let (answer, _) = node.curl_https("alpha.example", "/", &["--http2"]);
+    assert_eq!(answer["site"], "alpha.example");
+    // 2,000 failed handshakes, a few lines of log.
+    let lines = node
+        .herald
+        .log()
+        .lines()
+        .filter(|l| l.contains("Downstream handshake"))
+        .count();
+    assert!(lines <= 20, "{lines} lines of failed handshakes in the log");
+    assert!(node.handshakes("failed") >= 2000.0);
 }

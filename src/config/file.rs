@@ -49,6 +49,7 @@ pub struct TlsSection {
     pub certs_dir: Option<String>,
     pub default_cert: Option<String>,
     pub default_key: Option<String>,
+    pub ssl_handshake_timeout: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -119,6 +119,8 @@ pub struct TlsConfig {
     /// The certificates as read when the configuration was checked; the edge keeps them
     /// current from then on.
     pub certificates: crate::tls::store::CertStore,
+    /// From the accept to the end of the handshake (nginx's `ssl_handshake_timeout`).
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -282,10 +282,13 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
     for addr in &config.frontend.listen {
         service.add_tcp(&addr.to_string());
     }
-    let certificates = config
-        .tls
-        .as_ref()
-        .map(|tls| crate::tls::listen(&mut service, tls));
+    let certificates = config.tls.as_ref().map(|tls| {
+        let limit = service
+            .app_logic()
+            .expect("a listening service has its app")
+            .handshake_limit(tls.handshake_timeout);
+        crate::tls::listen(&mut service, tls, Arc::new(limit))
+    });
     let proxy_handle = server.add_service(service);
     if let Some(certificates) = certificates {
         server.add_service(certificates);

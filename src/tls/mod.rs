@@ -24,11 +24,14 @@ use store::CertStore;
 /// How often `certs_dir` (and the default pair) are checked for changes.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Adds the TLS listeners to `service`; the returned service keeps their certificates current.
+/// Adds the TLS listeners to `service`, with `before_handshake` run on each connection from its
+/// accept; the returned service keeps their certificates current.
 pub fn listen<A>(
     service: &mut Service<A>,
     config: &TlsConfig,
+    before_handshake: Arc<dyn pingora::listeners::PreTlsProcess>,
 ) -> GenBackgroundService<CertWatcher> {
+    service.endpoints().set_pre_tls_callback(before_handshake);
     let store = config.certificates.clone();
     let resolver = Arc::new(SniResolver::new(store.index()));
     let summary = store.summary();

@@ -48,6 +48,9 @@ const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_HEALTH_FAILURES: usize = 2;
 const DEFAULT_HEALTH_SUCCESSES: usize = 2;
+/// Pingora's own bound on a TLS handshake, which is also nginx's default
+/// `ssl_handshake_timeout`.
+const PINGORA_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_UNIX_SOCKET_PATH: usize = 107;
 
@@ -373,9 +376,21 @@ impl Checker {
                 "no certificate yet: TLS handshakes fail until a pair is added to certs_dir",
             );
         }
+        let handshake_timeout = self.positive_duration(
+            "edge.tls.ssl_handshake_timeout",
+            raw.ssl_handshake_timeout.as_ref(),
+            PINGORA_HANDSHAKE_TIMEOUT,
+        );
+        if handshake_timeout > PINGORA_HANDSHAKE_TIMEOUT {
+            self.bad(
+                "edge.tls.ssl_handshake_timeout",
+                "at most 60s: Pingora ends every handshake after 60 s itself",
+            );
+        }
         Some(TlsConfig {
             listen,
             certificates,
+            handshake_timeout,
         })
     }
 
