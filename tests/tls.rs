@@ -842,17 +842,26 @@ fn silent_tls_connections_are_capped_and_cut_while_others_are_served() {
         |pki, certs| install_pair(&pki.issue("sites", &["alpha.example"], 30), certs, "sites"),
         "    ssl_handshake_timeout: 2s\n  limits:\n    max_open_connections_per_client: 100\n",
     );
-    let refused = || node.metric("herald_client_connections_refused_total", &[("role", "edge")]);
+    let refused = || {
+        node.metric(
+            "herald_client_connections_refused_total",
+            &[("role", "edge")],
+        )
+    };
     let refused_before = refused();
     let began = std::time::Instant::now();
-    let silent: Vec<std::net::TcpStream> =
-        (0..2000).map(|_| connect_from([127, 0, 0, 2], node.tls)).collect();
+    let silent: Vec<std::net::TcpStream> = (0..2000)
+        .map(|_| connect_from([127, 0, 0, 2], node.tls))
+        .collect();
     wait_until("1,900 connections refused", Duration::from_secs(20), || {
         refused() - refused_before >= 1900.0
     });
     // Another client is served meanwhile.
     let (answer, version) = node.curl_https("alpha.example", "/", &["--http1.1"]);
-    assert_eq!((answer["site"].as_str(), version.as_str()), (Some("alpha.example"), "1.1"));
+    assert_eq!(
+        (answer["site"].as_str(), version.as_str()),
+        (Some("alpha.example"), "1.1")
+    );
     // Every silent connection ends: at once past the cap, at the deadline within it.
     let mut cut_at_deadline = 0;
     for mut stream in silent {
@@ -869,11 +878,20 @@ fn silent_tls_connections_are_capped_and_cut_while_others_are_served() {
             cut_at_deadline += 1;
         }
     }
-    assert!(began.elapsed() < Duration::from_secs(12), "{:?}", began.elapsed());
-    assert!(cut_at_deadline >= 1, "the held connections were cut at the deadline");
-    wait_until("the handshake timeouts counted", Duration::from_secs(10), || {
-        node.metric("herald_tls_handshake_timeouts_total", &[]) >= 90.0
-    });
+    assert!(
+        began.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(
+        cut_at_deadline >= 1,
+        "the held connections were cut at the deadline"
+    );
+    wait_until(
+        "the handshake timeouts counted",
+        Duration::from_secs(10),
+        || node.metric("herald_tls_handshake_timeouts_total", &[]) >= 90.0,
+    );
     assert!(node.metric("herald_tls_handshake_timeouts_total", &[]) <= 100.0);
     // And yet another client after them all.
     let (answer, _) = node.curl_https("alpha.example", "/", &["--http2"]);
