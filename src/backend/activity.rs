@@ -1,17 +1,17 @@
 //! When each site last had a request, and whether one is in progress, so idle apps can be
-//! stopped. Recording a request is an atomic store on a shared map read without a lock;
-//! only a site's first request since Herald started (or since its app was stopped) clones
-//! the map.
+//! stopped. Recording a request is an atomic store on a record found in a concurrent map
+//! (`DashMap`, sharded): a site's first request adds its record without copying the others,
+//! and records of sites long idle are forgotten, so the map holds the sites that had traffic
+//! lately, not every site that exists.
 
-use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Activity {
     epoch: Instant,
-    sites: ArcSwap<HashMap<String, Arc<SiteActivity>>>,
+    sites: DashMap<String, Arc<SiteActivity>>,
 }
 
 pub struct SiteActivity {
@@ -26,7 +26,7 @@ impl Activity {
     pub fn new() -> Self {
         Activity {
             epoch: Instant::now(),
-            sites: ArcSwap::from_pointee(HashMap::new()),
+            sites: DashMap::new(),
         }
     }
 
@@ -36,29 +36,33 @@ impl Activity {
 
     /// The site's record, created (as just seen) if it has none.
     pub fn site(&self, site: &str) -> Arc<SiteActivity> {
-        if let Some(found) = self.sites.load().get(site) {
+        if let Some(found) = self.sites.get(site) {
             return found.clone();
         }
         let now = self.now();
-        let mut created = None;
-        self.sites.rcu(|sites| {
-            let mut sites = HashMap::clone(sites);
-            let entry = sites
-                .entry(site.to_owned())
-                .or_insert_with(|| Arc::new(SiteActivity::new(now)))
-                .clone();
-            created = Some(entry);
-            sites
-        });
-        created.expect("rcu ran at least once")
+        self.sites
+            .entry(site.to_owned())
+            .or_insert_with(|| Arc::new(SiteActivity::new(now)))
+            .clone()
     }
 
-    /// A request for `site` begins; `end_request` must follow.
+    /// A request for `site` begins; `end_request` must follow. Counted while the map's lock
+    /// on the record is held, so `forget_idle` never drops a record a request is starting on.
     pub fn begin_request(&self, site: &str) -> Arc<SiteActivity> {
-        let record = self.site(site);
-        record.in_flight.fetch_add(1, Ordering::SeqCst);
-        record.last_seen.store(self.now(), Ordering::Relaxed);
-        record
+        let now = self.now();
+        let begin = |record: &Arc<SiteActivity>| {
+            record.in_flight.fetch_add(1, Ordering::SeqCst);
+            record.last_seen.store(now, Ordering::Relaxed);
+            record.clone()
+        };
+        if let Some(found) = self.sites.get(site) {
+            return begin(&found);
+        }
+        let entry = self
+            .sites
+            .entry(site.to_owned())
+            .or_insert_with(|| Arc::new(SiteActivity::new(now)));
+        begin(&entry)
     }
 
     pub fn end_request(&self, record: &SiteActivity) {
@@ -76,6 +80,17 @@ impl Activity {
     /// Marks the site as idle since now (its app was just stopped or just found running).
     pub fn reset(&self, record: &SiteActivity) {
         record.last_seen.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Forgets the records of sites with no request in progress, idle for `idle` or more;
+    /// how many are left.
+    pub fn forget_idle(&self, idle: Duration) -> usize {
+        self.sites.retain(|_, record| {
+            record.in_flight.load(Ordering::SeqCst) > 0
+                || record.is_stopping()
+                || self.idle_for(record) < idle
+        });
+        self.sites.len()
     }
 }
 
@@ -127,6 +142,27 @@ mod tests {
         );
         record.end_stop();
         assert!(!record.is_stopping());
+    }
+
+    #[test]
+    fn idle_records_are_forgotten_busy_ones_kept() {
+        let activity = Activity::new();
+        let busy = activity.begin_request("busy.example");
+        let _idle = activity.site("idle.example");
+        assert_eq!(
+            activity.forget_idle(Duration::ZERO),
+            1,
+            "the busy one stays"
+        );
+        assert!(Arc::ptr_eq(&busy, &activity.site("busy.example")));
+        activity.end_request(&busy);
+        let _again = activity.site("idle.example");
+        assert_eq!(
+            activity.forget_idle(Duration::from_secs(3600)),
+            2,
+            "not idle long enough"
+        );
+        assert_eq!(activity.forget_idle(Duration::ZERO), 0);
     }
 
     #[test]

@@ -107,6 +107,7 @@ impl BackgroundService for Reaper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let interval = self.sweep_interval();
         let mut phases = self.phases.lock().expect("never poisoned").take();
+        let mut forgotten = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -115,6 +116,12 @@ impl BackgroundService for Reaper {
                     return;
                 },
                 _ = tokio::time::sleep(interval) => self.sweep().await,
+            }
+            // Once per idle_timeout (the sweeps look only at running apps): records of sites
+            // idle that long are of no more use, their apps are stopped.
+            if forgotten.elapsed() >= self.idle_timeout {
+                self.activity.forget_idle(self.idle_timeout);
+                forgotten = Instant::now();
             }
         }
     }

@@ -62,7 +62,18 @@ impl Sites {
     /// `host::parse_site`, which keeps it a plain file name.
     pub fn lookup(&self, site: &str) -> Option<Site> {
         let path = self.vassal_file(site);
-        let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+        let Some(meta) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) else {
+            // Gone (or never there): nothing of it is kept.
+            if self
+                .declared
+                .read()
+                .expect("never poisoned")
+                .contains_key(site)
+            {
+                self.declared.write().expect("never poisoned").remove(site);
+            }
+            return None;
+        };
         let version = FileVersion {
             modified: meta.mtime(),
             modified_nsec: meta.mtime_nsec(),
