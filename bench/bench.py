@@ -377,7 +377,7 @@ class Bench:
         # Buffering as it comes (nginx's defaults: whole bodies and answers, 8 4k in memory,
         # then a file), only its temp files kept in the bench's directory.
         backend = ("backend:\n  listen: ['127.0.0.1:%%d']\n  sites_dir: %s\n  vassals_dir: %s\n  socket_path: %s/{host}.sock\n"
-                   "  idle_timeout: 0\n  buffering:\n    client_body_temp_path: %s\n    proxy_temp_path: %s\n"
+                   "  idle_timeout: 0\n  max_starts_per_client: 0\n  buffering:\n    client_body_temp_path: %s\n    proxy_temp_path: %s\n"
                    "  access_log:\n    path: %s/herald-%%s.log\n%%s") % (
                        self.sites, self.vassals, self.sockets, self.herald_tmp, self.herald_tmp, logs)
         configs = {

@@ -257,6 +257,18 @@ pub fn tls_handshake_timed_out() {
     TLS_HANDSHAKE_TIMEOUTS.inc();
 }
 
+static APP_EVICTIONS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_app_evictions_total",
+        "Idle apps stopped to make room for a start under max_running_apps"
+    )
+    .expect("metric registers once")
+});
+
+pub fn app_evicted() {
+    APP_EVICTIONS.inc();
+}
+
 pub fn app_socket_owner_mismatch() {
     APP_SOCKET_OWNER_MISMATCHES.inc();
 }
@@ -264,6 +276,7 @@ pub fn app_socket_owner_mismatch() {
 pub fn register_all() {
     Lazy::force(&APP_SOCKET_OWNER_MISMATCHES);
     Lazy::force(&TLS_HANDSHAKE_TIMEOUTS);
+    Lazy::force(&APP_EVICTIONS);
     for what in ["request", "answer"] {
         BUFFERED_TO_FILE.with_label_values(&[what]);
         BUFFERED_TO_FILE_BYTES.with_label_values(&[what]);

@@ -81,6 +81,11 @@ pub const TOO_MANY_CONNECTIONS: Page = page!(
     "429 Too Many Requests",
     "Too many requests from your address are in progress at once. Please try again shortly."
 );
+pub const TOO_MANY_STARTS: Page = page!(
+    429,
+    "429 Too Many Requests",
+    "Too many sites that were not running have been started from your address in the last minute. Please try again shortly."
+);
 pub const BODY_TOO_LARGE: Page = page!(
     413,
     "413 Content Too Large",

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,7 +182,11 @@ fn two_hundred_concurrent_requests_share_one_start() {
 fn starts_in_progress_never_exceed_max_starts() {
     let sites: Vec<String> = (0..50).map(|i| format!("site{i}.example")).collect();
     let names: Vec<&str> = sites.iter().map(String::as_str).collect();
-    let backend = Backend::start(&names, "  max_starts: 4\n  start_timeout: 90s\n");
+    // One client starting 50 sites: past max_starts_per_client, which is not under test here.
+    let backend = Backend::start(
+        &names,
+        "  max_starts: 4\n  start_timeout: 90s\n  max_starts_per_client: 0\n",
+    );
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (done, metrics) = (done.clone(), backend.metrics);
@@ -268,6 +273,136 @@ fn a_full_start_queue_answers_503_with_retry_after() {
     assert!(answers.iter().all(|r| r.status == 200 || r.status == 503));
     assert!(answers.iter().any(|r| r.status == 200));
     assert_eq!(backend.starts("refused"), refused.len() as f64);
+}
+
+/// `max_running_apps: 3` with 5 sites: each start past three stops the least recently used
+/// idle app first; an app with a request in flight is never stopped; every request is answered.
+#[test]
+fn the_least_recently_used_idle_app_makes_room_under_max_running_apps() {
+    let sites = [
+        "r1.example",
+        "r2.example",
+        "r3.example",
+        "r4.example",
+        "r5.example",
+    ];
+    let backend = Backend::start(&sites, "  max_running_apps: 3\n  idle_timeout: 0\n");
+    let running = || -> Vec<&str> {
+        sites
+            .iter()
+            .copied()
+            .filter(|site| backend.emperor.enabled(site).exists())
+            .collect()
+    };
+    for site in &sites[..3] {
+        assert_eq!(get(backend.port, site, "/hello").status, 200);
+    }
+    assert_eq!(running(), ["r1.example", "r2.example", "r3.example"]);
+    // r1 was used last of all now; r2 is the least recently used, but busy for 3 s.
+    let busy = std::thread::spawn({
+        let port = backend.port;
+        move || get(port, "r2.example", "/sleep?s=3").status
+    });
+    wait_until("r2's request in flight", Duration::from_secs(10), || {
+        metric(
+            backend.metrics,
+            "herald_requests_in_progress",
+            &[("role", "backend")],
+        ) >= 1.0
+    });
+    assert_eq!(get(backend.port, "r1.example", "/hello").status, 200);
+    // r4: r3 goes (r2 is busy, r1 was just used).
+    assert_eq!(get(backend.port, "r4.example", "/hello").status, 200);
+    assert_eq!(running(), ["r1.example", "r2.example", "r4.example"]);
+    // r5: r2 is still busy, so r1 goes.
+    assert_eq!(get(backend.port, "r5.example", "/hello").status, 200);
+    assert_eq!(running(), ["r2.example", "r4.example", "r5.example"]);
+    assert_eq!(
+        busy.join().unwrap(),
+        200,
+        "the app with a request in flight was never stopped"
+    );
+    assert_eq!(
+        metric(backend.metrics, "herald_app_evictions_total", &[]),
+        2.0
+    );
+    let log = backend.herald_log();
+    assert!(
+        log.contains("stop r3.example: the least recently used of 3 running apps"),
+        "{log}"
+    );
+    // An evicted site comes back on its next request, making room in turn.
+    assert_eq!(get(backend.port, "r3.example", "/hello").status, 200);
+    assert_eq!(running().len(), 3);
+}
+
+/// When every running app is busy, a start waits for one to become idle, and gets 503 with
+/// `Retry-After` past `start_timeout`.
+#[test]
+fn a_start_waits_for_room_and_gives_up_at_start_timeout() {
+    let sites = ["b1.example", "b2.example"];
+    let backend = Backend::start(
+        &sites,
+        "  max_running_apps: 1\n  start_timeout: 2s\n  idle_timeout: 0\n",
+    );
+    assert_eq!(get(backend.port, "b1.example", "/hello").status, 200);
+    let busy = std::thread::spawn({
+        let port = backend.port;
+        move || get(port, "b1.example", "/sleep?s=4").status
+    });
+    wait_until("b1's request in flight", Duration::from_secs(10), || {
+        metric(
+            backend.metrics,
+            "herald_requests_in_progress",
+            &[("role", "backend")],
+        ) >= 1.0
+    });
+    let refused = get(backend.port, "b2.example", "/hello");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(busy.join().unwrap(), 200);
+    // Now b1 is idle: b2 gets its room (after retry_after, which remembers the refusal).
+    wait_until("b2 to start", Duration::from_secs(30), || {
+        get(backend.port, "b2.example", "/hello").status == 200
+    });
+}
+
+/// `max_starts_per_client`: the 31st cold site in a minute from one client gets 429; another
+/// client, and the first one's running sites, are served.
+#[test]
+fn a_client_cold_starting_too_many_sites_gets_429() {
+    let sites: Vec<String> = (0..32).map(|i| format!("walk{i}.example")).collect();
+    let names: Vec<&str> = sites.iter().map(String::as_str).collect();
+    let backend = Backend::start(&names, "  max_starts: 16\n");
+    let from = |client: [u8; 4], site: &str| {
+        let mut stream = connect_from(client, backend.port);
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        write!(
+            stream,
+            "GET /hello HTTP/1.1\r\nHost: {site}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    for site in &sites[..30] {
+        assert!(
+            from([127, 0, 0, 1], site).starts_with("HTTP/1.1 200"),
+            "{site}"
+        );
+    }
+    let refused = from([127, 0, 0, 1], &sites[30]);
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(
+        refused.contains("Retry-After:") || refused.contains("retry-after:"),
+        "{refused}"
+    );
+    assert!(refused.contains("Too many sites"), "{refused}");
+    assert!(!backend.emperor.enabled(&sites[30]).exists(), "not started");
+    // Its running sites are still served; another client starts the same cold site.
+    assert!(from([127, 0, 0, 1], &sites[0]).starts_with("HTTP/1.1 200"));
+    assert!(from([127, 0, 0, 2], &sites[30]).starts_with("HTTP/1.1 200"));
 }
 
 #[test]

@@ -15,7 +15,7 @@ pub struct Activity {
 }
 
 pub struct SiteActivity {
-    /// Seconds since `Activity::epoch` of the last request's start or end.
+    /// Milliseconds since `Activity::epoch` of the last request's start or end.
     last_seen: AtomicU64,
     in_flight: AtomicUsize,
     /// Set while the reaper stops the app; requests then take the cold-start path.
@@ -31,7 +31,7 @@ impl Activity {
     }
 
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_secs()
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The site's record, created (as just seen) if it has none.
@@ -71,7 +71,7 @@ impl Activity {
     }
 
     pub fn idle_for(&self, record: &SiteActivity) -> Duration {
-        Duration::from_secs(
+        Duration::from_millis(
             self.now()
                 .saturating_sub(record.last_seen.load(Ordering::Relaxed)),
         )

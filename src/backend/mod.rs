@@ -12,11 +12,13 @@
 
 pub mod activity;
 pub mod app;
+pub mod capacity;
 pub mod emperor;
 pub mod initializer;
 pub mod reaper;
 pub mod sites;
 pub mod socket_watch;
+pub mod start_limit;
 pub mod starter;
 pub mod vassal;
 
@@ -57,6 +59,8 @@ pub struct BackendProxy {
     access_log: AccessLog,
     activity: Arc<Activity>,
     starter: Arc<Starter>,
+    /// `max_starts_per_client`.
+    start_limit: Option<start_limit::StartLimit>,
     gateway: Gateway,
     /// `server.max_retries`: Pingora's limit on upstream attempts per request.
     max_attempts: usize,
@@ -278,6 +282,15 @@ impl ProxyHttp for BackendProxy {
         if !ctx.start_attempted && (ctx.needs_start || activity.is_stopping()) {
             ctx.needs_start = false;
             ctx.start_attempted = true;
+            if let (Some(limit), Some(client)) = (&self.start_limit, ctx.request.client) {
+                if let Err(wait) = limit.allow(client, &ctx.request.site) {
+                    ctx.failure = Some(pages::Failure {
+                        page: &pages::TOO_MANY_STARTS,
+                        retry_after: Some(wait),
+                    });
+                    return Error::e_explain(HTTPStatus(429), "max_starts_per_client");
+                }
+            }
             if let Err(failure) = self
                 .starter
                 .ensure_running(&ctx.request.site, activity)
@@ -531,9 +544,21 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         config.socket_path.directory().to_owned(),
     ));
     let emperor = Arc::new(emperor::Emperor::new(config.emperor_stats.clone()));
+    let capacity = Arc::new(capacity::Capacity::new(
+        config.starts.max_running_apps,
+        &config.vassals_dir,
+        capacity::Parts {
+            activity: activity.clone(),
+            initializer: initializer.clone(),
+            emperor: emperor.clone(),
+            socket_path: config.socket_path.clone(),
+            stop_timeout: config.starts.start_timeout,
+        },
+    ));
     let starter = Arc::new(Starter::new(
         &config.starts,
         initializer.clone(),
+        capacity.clone(),
         config.socket_path.clone(),
         watcher.clone(),
         emperor.clone(),
@@ -546,6 +571,10 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         access_log: AccessLog::for_role("backend", &config.frontend),
         activity: activity.clone(),
         starter,
+        start_limit: config
+            .starts
+            .max_starts_per_client
+            .map(start_limit::StartLimit::new),
         gateway: Gateway::new(&config.gateway),
         max_attempts: server.configuration.max_retries,
     };
@@ -564,6 +593,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         Some(idle_timeout) if initializer.can_stop() => {
             let reaper = reaper::Reaper {
                 activity,
+                capacity,
                 initializer,
                 sites,
                 vassals_dir: config.vassals_dir.clone(),

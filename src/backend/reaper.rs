@@ -3,7 +3,7 @@
 //! A process that hands its sockets to a new one in a graceful upgrade stops sweeping at once:
 //! its requests have gone to the new process, and to it every app would look idle.
 
-use super::activity::Activity;
+use super::activity::{Activity, SiteActivity};
 use super::emperor::Emperor;
 use super::initializer::Initializer;
 use super::sites::Sites;
@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 
 pub struct Reaper {
     pub activity: Arc<Activity>,
+    pub capacity: Arc<super::capacity::Capacity>,
     pub initializer: Arc<Initializer>,
     pub sites: Arc<Sites>,
     pub vassals_dir: PathBuf,
@@ -47,7 +48,7 @@ impl Reaper {
                 return;
             }
         };
-        let mut enabled = 0;
+        let mut enabled = std::collections::HashSet::new();
         while let Ok(Some(entry)) = entries.next_entry().await {
             let file_name = entry.file_name();
             let Some(site) = file_name
@@ -62,7 +63,7 @@ impl Reaper {
             {
                 continue;
             }
-            enabled += 1;
+            enabled.insert(site.to_owned());
             let record = self.activity.site(site);
             if self.activity.idle_for(&record) < self.idle_timeout || !record.try_begin_stop() {
                 continue;
@@ -76,21 +77,14 @@ impl Reaper {
                         self.activity.idle_for(&record).as_secs()
                     );
                     metrics::APP_STOPS.inc();
-                    enabled -= 1;
+                    enabled.remove(site);
                     self.activity.reset(&record);
-                    let socket = self.sites.socket_path(site);
-                    let deadline = Instant::now() + self.stop_timeout;
-                    let record = record.clone();
-                    // Requests meanwhile take the cold-start path, which waits for the old app
-                    // to exit; this ends the stopping state if none comes.
-                    tokio::spawn(async move {
-                        while Instant::now() < deadline
-                            && UnixStream::connect(&socket).await.is_ok()
-                        {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        record.end_stop();
-                    });
+                    self.capacity.stopped(site);
+                    release_when_gone(
+                        record.clone(),
+                        self.sites.socket_path(site),
+                        self.stop_timeout,
+                    );
                 }
                 Err(e) => {
                     warn!("stop {site}: {e}");
@@ -98,8 +92,21 @@ impl Reaper {
                 }
             }
         }
-        metrics::APPS_ENABLED.set(enabled);
+        self.capacity.found(enabled);
     }
+}
+
+/// An app is being stopped: requests meanwhile take the cold-start path, which waits for the
+/// old app to exit. This ends the stopping state once its socket is gone (or after `timeout`)
+/// if no request came.
+pub fn release_when_gone(record: Arc<SiteActivity>, socket: String, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    tokio::spawn(async move {
+        while Instant::now() < deadline && UnixStream::connect(&socket).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        record.end_stop();
+    });
 }
 
 #[async_trait]

@@ -4,6 +4,7 @@
 //! over and over.
 
 use super::activity::SiteActivity;
+use super::capacity::Capacity;
 use super::emperor::{Emperor, VassalRun};
 use super::initializer::{InitError, Initializer};
 use super::socket_watch::{SocketChange, SocketWatcher};
@@ -81,6 +82,7 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Starter {
     initializer: Arc<Initializer>,
+    capacity: Arc<Capacity>,
     socket_path: SocketTemplate,
     watcher: Arc<SocketWatcher>,
     emperor: Arc<Emperor>,
@@ -97,12 +99,14 @@ impl Starter {
     pub fn new(
         config: &AppStarts,
         initializer: Arc<Initializer>,
+        capacity: Arc<Capacity>,
         socket_path: SocketTemplate,
         watcher: Arc<SocketWatcher>,
         emperor: Arc<Emperor>,
     ) -> Self {
         Starter {
             initializer,
+            capacity,
             socket_path,
             watcher,
             emperor,
@@ -304,8 +308,13 @@ impl Starter {
                 deadline.min(Instant::now() + (self.start_timeout - age))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.capacity
+                    .make_room(site, deadline)
+                    .await
+                    .map_err(|why| (StartError::Busy, why))?;
                 match self.initializer.enable(site).await {
                     Ok(()) => {
+                        self.capacity.started(site);
                         // Scan now, not at the emperor's next period; the wait below starts
                         // at once, alongside.
                         let emperor = self.emperor.clone();

@@ -129,6 +129,8 @@ pub struct BackendSection {
     pub initializer: Option<InitializerSection>,
     pub start_timeout: Option<Scalar>,
     pub max_starts: Option<usize>,
+    pub max_running_apps: Option<usize>,
+    pub max_starts_per_client: Option<usize>,
     pub start_queue: Option<usize>,
     pub retry_after: Option<Scalar>,
     pub idle_timeout: Option<Scalar>,

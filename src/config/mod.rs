@@ -204,6 +204,10 @@ pub struct AppStarts {
     pub start_timeout: Duration,
     /// Starts in progress at once, across all sites.
     pub max_starts: usize,
+    /// Apps running at once on this backend; `None`: no cap.
+    pub max_running_apps: Option<usize>,
+    /// Distinct sites one client may cold-start per minute; `None`: no limit.
+    pub max_starts_per_client: Option<usize>,
     /// Sites that may wait for a start slot; more get 503 at once.
     pub start_queue: usize,
     /// How long a failed start is remembered (requests meanwhile get the error at once).

@@ -40,6 +40,8 @@ const DEFAULT_BACKEND_UPSTREAM_KEEPALIVE: Duration = Duration::ZERO;
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_STARTS: usize = 8;
 const DEFAULT_START_QUEUE: usize = 1000;
+/// A visitor starts a site or two; more than this many a minute is someone walking the list.
+const DEFAULT_MAX_STARTS_PER_CLIENT: usize = 30;
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_INITIALIZER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -556,10 +558,33 @@ impl Checker {
         if start_timeout.is_zero() {
             self.bad("backend.start_timeout", "must be more than 0");
         }
+        let max_running_apps = raw.max_running_apps;
+        if max_running_apps == Some(0) {
+            self.bad(
+                "backend.max_running_apps",
+                "must be at least 1 (leave it out for no cap)",
+            );
+        }
+        let can_stop = match &initializer {
+            InitializerConfig::Local => true,
+            InitializerConfig::Http(http) => http.stop.is_some(),
+        };
+        if max_running_apps.is_some() && !can_stop {
+            self.bad(
+                "backend.max_running_apps",
+                "needs a way to stop apps: set initializer.stop_url",
+            );
+        }
         AppStarts {
             initializer,
             start_timeout,
             max_starts,
+            max_running_apps,
+            max_starts_per_client: Some(
+                raw.max_starts_per_client
+                    .unwrap_or(DEFAULT_MAX_STARTS_PER_CLIENT),
+            )
+            .filter(|n| *n > 0),
             start_queue: raw.start_queue.unwrap_or(DEFAULT_START_QUEUE),
             retry_after: self.duration(
                 "backend.retry_after",
