@@ -1,7 +1,7 @@
 //! Herald: one binary, two roles. `main` reads the command line and the configuration, then
 //! adds the edge and/or backend proxies (see `edge` and `backend`) to a Pingora server.
-// The exceptions: registering inotify's descriptor with tokio (backend::socket_watch), and a
-// second descriptor for a TLS connection's handshake watchdog (handshake_limit).
+// The exceptions: registering inotify's descriptor with tokio (inotify_fd), and a second
+// descriptor for a TLS connection's handshake watchdog (handshake_limit).
 #![deny(unsafe_code)]
 
 mod access_log;
@@ -14,6 +14,7 @@ mod forwarding;
 mod frontdoor;
 mod handshake_limit;
 mod host;
+mod inotify_fd;
 mod listener;
 mod logging;
 mod metrics;

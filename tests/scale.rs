@@ -19,14 +19,6 @@ fn site(i: usize) -> String {
     format!("s{i}.example")
 }
 
-/// Herald's CPU time so far (user + system), in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 /// One request to each site, over `CLIENTS` kept-alive connections; every answer must be the
 /// app's.
 fn pass(port: u16) {

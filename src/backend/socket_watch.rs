@@ -51,11 +51,7 @@ impl SocketWatcher {
             &self.dir,
             WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM,
         )?;
-        // SAFETY: `Inotify` owns its descriptor (closed only when it drops) and always returns
-        // that same descriptor from `as_raw_fd`, which is all `register` requires.
-        #[allow(unsafe_code)]
-        let registered = unsafe { AsyncFd::register(inotify) };
-        registered.map_err(|e| e.into_parts().1)
+        crate::inotify_fd::register(inotify)
     }
 }
 

@@ -1,12 +1,14 @@
 //! The certificates on disk: every `NAME.crt` + `NAME.key` in `certs_dir`, and the default
-//! pair. A rescan stats every file and re-reads only the pairs whose files changed (device,
-//! inode, size or modification time: a certbot-style symlink pointing somewhere new counts),
-//! so it is cheap enough to run every second. A pair that fails to load keeps serving the
-//! certificate it last loaded, so a pair caught half-written never drops its sites.
+//! pair. A full rescan stats every file and re-reads only the pairs whose files changed
+//! (device, inode, size or modification time: a certbot-style symlink pointing somewhere new
+//! counts); the watcher (`watch`) runs it rarely, and otherwise refreshes only the pairs whose
+//! files it was told changed. A pair that fails to load keeps serving the certificate it last
+//! loaded, so a pair caught half-written never drops its sites.
 
 use super::certs::{load_pair, LoadedPair, PairPaths, PairProblem};
 use super::resolver::{CertIndex, Entry};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -220,6 +222,11 @@ impl CertStore {
         }
     }
 
+    /// `certs_dir`, if there is one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// Brings the store up to date with the files; `events` is empty when nothing changed.
     pub fn rescan(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
@@ -244,8 +251,9 @@ impl CertStore {
                 return events;
             }
         };
+        let listed: HashSet<&String> = stems.iter().collect();
         self.pairs.retain(|stem, state| {
-            let kept = stems.contains(stem);
+            let kept = listed.contains(stem);
             if !kept {
                 events.push(Event::Removed {
                     cert: state.paths.cert.clone(),
@@ -263,6 +271,91 @@ impl CertStore {
             events.extend(state.refresh(true));
         }
         events
+    }
+
+    /// The pairs a change of these files of `certs_dir` concerns (`NAME.crt` or `NAME.key`:
+    /// the pair `NAME`; hidden and other files concern none).
+    pub fn stems_of<'a>(names: impl IntoIterator<Item = &'a OsStr>) -> HashSet<String> {
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let name = name.to_str()?;
+                let stem = name.strip_suffix(".crt").or(name.strip_suffix(".key"))?;
+                (!stem.is_empty() && !stem.starts_with('.')).then(|| stem.to_owned())
+            })
+            .collect()
+    }
+
+    /// Brings these pairs up to date (their files changed, or a link they go through).
+    pub fn refresh_stems(&mut self, stems: impl IntoIterator<Item = String>) -> Vec<Event> {
+        let Some(dir) = self.dir.clone() else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for stem in stems {
+            let cert = dir.join(format!("{stem}.crt"));
+            if std::fs::symlink_metadata(&cert).is_err() {
+                if let Some(state) = self.pairs.remove(&stem) {
+                    events.push(Event::Removed {
+                        cert: state.paths.cert,
+                    });
+                }
+                continue;
+            }
+            let state = self.pairs.entry(stem).or_insert_with_key(|stem| {
+                PairState::new(PairPaths {
+                    cert,
+                    key: dir.join(format!("{stem}.key")),
+                })
+            });
+            events.extend(state.refresh(true));
+        }
+        events
+    }
+
+    /// Brings the default pair up to date.
+    pub fn refresh_default(&mut self) -> Vec<Event> {
+        self.default
+            .as_mut()
+            .and_then(|d| d.refresh(false))
+            .into_iter()
+            .collect()
+    }
+
+    /// The directories whose changes can change a pair without any change in `certs_dir`: the
+    /// default pair's, and those a symlinked pair's files lead through (certbot's `live/NAME`,
+    /// say), each with the pairs it concerns (`None`: the default pair). `only`: of these pairs
+    /// alone (the default pair left out), rather than of all.
+    pub fn linked_dirs(
+        &self,
+        only: Option<&HashSet<String>>,
+    ) -> BTreeMap<PathBuf, HashSet<Option<String>>> {
+        let mut dirs: BTreeMap<PathBuf, HashSet<Option<String>>> = BTreeMap::new();
+        let some_pairs: Vec<(Option<&String>, &PairState)> = match only {
+            Some(stems) => stems
+                .iter()
+                .filter_map(|stem| self.pairs.get_key_value(stem))
+                .map(|(stem, state)| (Some(stem), state))
+                .collect(),
+            None => self
+                .default
+                .iter()
+                .map(|state| (None, state))
+                .chain(self.pairs.iter().map(|(stem, state)| (Some(stem), state)))
+                .collect(),
+        };
+        let certs_dir = self.dir.as_deref().map(canonical);
+        for (stem, state) in some_pairs {
+            for file in [&state.paths.cert, &state.paths.key] {
+                let is_default = stem.is_none();
+                for dir in link_dirs(file, is_default) {
+                    if Some(&dir) != certs_dir.as_ref() {
+                        dirs.entry(dir).or_default().insert(stem.cloned());
+                    }
+                }
+            }
+        }
+        dirs
     }
 
     /// Whether `state` is the default pair itself, found again in `certs_dir`.
@@ -315,6 +408,32 @@ impl CertStore {
     }
 }
 
+/// The directories `file` resolves through: its own (when `own`), then each symlink's target's,
+/// at most 8 links deep; each by its canonical name, so one directory is watched once.
+fn link_dirs(file: &Path, own: bool) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut path = file.to_owned();
+    if own {
+        dirs.extend(path.parent().map(canonical));
+    }
+    for _ in 0..8 {
+        let Ok(target) = std::fs::read_link(&path) else {
+            break;
+        };
+        let target = match path.parent() {
+            Some(parent) if target.is_relative() => parent.join(target),
+            _ => target,
+        };
+        dirs.extend(target.parent().map(canonical));
+        path = target;
+    }
+    dirs
+}
+
+fn canonical(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_owned())
+}
+
 /// The names of the `.crt` files in `dir`, without `.crt`. Hidden files (editor and
 /// temporary files) are left out; `NAME.key` is looked for when the pair is read.
 fn list_pairs(dir: &Path) -> Result<Vec<String>, String> {
@@ -331,4 +450,56 @@ fn list_pairs(dir: &Path) -> Result<Vec<String>, String> {
     }
     stems.sort();
     Ok(stems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_names_the_pair_it_belongs_to() {
+        let names = [
+            "shop.crt",
+            "shop.key",
+            ".shop.crt.tmp",
+            ".x.key",
+            "README",
+            ".crt",
+            "b.key",
+        ];
+        let stems = CertStore::stems_of(names.iter().map(OsStr::new));
+        let expected: HashSet<String> = ["shop".to_owned(), "b".to_owned()].into();
+        assert_eq!(stems, expected);
+    }
+
+    #[test]
+    fn links_are_followed_to_every_directory_they_pass() {
+        let root = tempfile::tempdir().unwrap();
+        let (certs, live, archive) = (
+            root.path().join("certs"),
+            root.path().join("live"),
+            root.path().join("archive"),
+        );
+        for dir in [&certs, &live, &archive] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(archive.join("cert1.pem"), "").unwrap();
+        // Relative, as certbot writes them.
+        std::os::unix::fs::symlink("../archive/cert1.pem", live.join("cert.pem")).unwrap();
+        std::os::unix::fs::symlink(live.join("cert.pem"), certs.join("a.crt")).unwrap();
+        assert_eq!(
+            link_dirs(&certs.join("a.crt"), false),
+            vec![
+                live.canonicalize().unwrap(),
+                archive.canonicalize().unwrap()
+            ]
+        );
+        assert_eq!(
+            link_dirs(&archive.join("cert1.pem"), true),
+            vec![archive.canonicalize().unwrap()]
+        );
+        // A loop ends.
+        std::os::unix::fs::symlink(certs.join("loop"), certs.join("loop")).unwrap();
+        assert_eq!(link_dirs(&certs.join("loop"), false).len(), 8);
+    }
 }

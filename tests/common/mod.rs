@@ -42,6 +42,14 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A process's CPU time so far (user + system), in clock ticks.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
 /// Polls `ready` every few milliseconds until it holds or `deadline` passes.
 pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
