@@ -405,6 +405,45 @@ fn a_client_cold_starting_too_many_sites_gets_429() {
     assert!(from([127, 0, 0, 2], &sites[30]).starts_with("HTTP/1.1 200"));
 }
 
+/// Behind an edge (a trusted proxy) the client is the browser the edge names, so one edge does
+/// not share a limit among its visitors; anyone else is counted by its own address, whatever
+/// forwarding fields it sends.
+#[test]
+fn the_start_limit_counts_the_browser_behind_a_trusted_edge_and_never_a_forged_one() {
+    let sites: Vec<String> = (0..6).map(|i| format!("fwd{i}.example")).collect();
+    let names: Vec<&str> = sites.iter().map(String::as_str).collect();
+    // The harness trusts 127.0.0.1, where the tests' edges run.
+    let backend = Backend::start(&names, "  max_starts_per_client: 2\n");
+    let status = |from: [u8; 4], browser: Option<&str>, site: &str| {
+        let mut stream = connect_from(from, backend.port);
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let forwarded = browser
+            .map(|ip| format!("X-Forwarded-For: {ip}\r\nX-Real-IP: {ip}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "GET /hello HTTP/1.1\r\nHost: {site}\r\n{forwarded}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.get(9..12).unwrap_or_default().to_owned()
+    };
+    let edge = [127, 0, 0, 1];
+    assert_eq!(status(edge, Some("192.0.2.7"), &sites[0]), "200");
+    assert_eq!(status(edge, Some("192.0.2.7"), &sites[1]), "200");
+    assert_eq!(status(edge, Some("192.0.2.7"), &sites[2]), "429");
+    // Another visitor through the same edge.
+    assert_eq!(status(edge, Some("192.0.2.8"), &sites[2]), "200");
+    // Not a trusted proxy: its forwarding fields name nobody.
+    let stranger = [127, 0, 0, 2];
+    assert_eq!(status(stranger, None, &sites[3]), "200");
+    assert_eq!(status(stranger, Some("192.0.2.8"), &sites[4]), "200");
+    assert_eq!(status(stranger, Some("203.0.113.9"), &sites[5]), "429");
+    assert!(!backend.emperor.enabled(&sites[5]).exists(), "not started");
+    assert_eq!(status(stranger, Some("203.0.113.9"), &sites[3]), "200");
+}
+
 #[test]
 fn a_broken_app_is_502_quickly_with_one_start_and_no_loop() {
     let backend = Backend::without_herald(&[]);
