@@ -82,6 +82,11 @@ impl Activity {
         record.last_seen.store(self.now(), Ordering::Relaxed);
     }
 
+    /// Whether `site` has a record (it had a request and was not forgotten since).
+    pub fn has_record(&self, site: &str) -> bool {
+        self.sites.contains_key(site)
+    }
+
     /// Forgets the records of sites with no request in progress, idle for `idle` or more;
     /// how many are left.
     pub fn forget_idle(&self, idle: Duration) -> usize {

@@ -128,6 +128,8 @@ impl BackgroundService for Reaper {
             // idle that long are of no more use, their apps are stopped.
             if forgotten.elapsed() >= self.idle_timeout {
                 self.activity.forget_idle(self.idle_timeout);
+                self.sites
+                    .forget_unless(|site| self.activity.has_record(site));
                 forgotten = Instant::now();
             }
         }

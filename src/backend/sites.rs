@@ -113,6 +113,15 @@ impl Sites {
         })
     }
 
+    /// Forgets what the vassal files of the sites `keep` rejects said (they are read again
+    /// at their next request).
+    pub fn forget_unless(&self, keep: impl Fn(&str) -> bool) {
+        self.declared
+            .write()
+            .expect("never poisoned")
+            .retain(|site, _| keep(site));
+    }
+
     pub fn is_known(&self, site: &str) -> bool {
         self.vassal_file(site).is_file()
     }
@@ -146,6 +155,27 @@ mod tests {
             config.socket_path.clone(),
             AppProtocol::Uwsgi,
         )
+    }
+
+    #[test]
+    fn what_a_site_said_is_kept_while_it_is_there_and_wanted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sites = sites_in(dir.path());
+        let remembered = |sites: &Sites| {
+            let mut names: Vec<String> = sites.declared.read().unwrap().keys().cloned().collect();
+            names.sort();
+            names
+        };
+        for name in ["a.example", "b.example", "c.example"] {
+            std::fs::write(dir.path().join(format!("{name}.ini")), "[uwsgi]\n").unwrap();
+            assert!(sites.lookup(name).is_some());
+        }
+        std::fs::remove_file(dir.path().join("a.example.ini")).unwrap();
+        assert_eq!(sites.lookup("a.example"), None);
+        assert_eq!(remembered(&sites), ["b.example", "c.example"]);
+        sites.forget_unless(|site| site == "c.example");
+        assert_eq!(remembered(&sites), ["c.example"]);
+        assert!(sites.lookup("b.example").is_some(), "read again when asked");
     }
 
     #[test]
