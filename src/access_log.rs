@@ -39,6 +39,8 @@ pub struct AccessLog {
     format: Format,
     role: &'static str,
     lines: Option<SyncSender<String>>,
+    /// Each site's lines go to its own log too (`site_logs`).
+    per_site: bool,
 }
 
 /// What a role knows about a finished request, beyond what the session says.
@@ -83,11 +85,20 @@ impl AccessLog {
             format,
             role,
             lines,
+            per_site: false,
         })
     }
 
+    /// Sends each site's lines to its own log as well (when `site_logs` has one).
+    pub fn with_site_logs(self) -> AccessLog {
+        AccessLog {
+            per_site: crate::site_logs::wants_access(),
+            ..self
+        }
+    }
+
     pub fn is_enabled(&self) -> bool {
-        self.lines.is_some()
+        self.lines.is_some() || self.per_site
     }
 
     pub fn record(
@@ -96,12 +107,18 @@ impl AccessLog {
         body_bytes_sent: usize,
         facts: &Facts,
     ) {
-        let Some(lines) = &self.lines else {
+        if !self.is_enabled() {
             return;
-        };
+        }
         let line = match self.format {
             Format::Combined => combined(req, body_bytes_sent, facts),
             Format::Json => json(self.role, req, body_bytes_sent, facts),
+        };
+        if self.per_site && facts.site != "-" {
+            crate::site_logs::access(facts.site, line.clone());
+        }
+        let Some(lines) = &self.lines else {
+            return;
         };
         if let Err(TrySendError::Full(_)) = lines.try_send(line) {
             metrics::ACCESS_LOG_DROPPED.inc();
@@ -358,6 +375,12 @@ fn time_local(t: SystemTime) -> String {
         "{d:02}/{}/{y}:{hh:02}:{mm:02}:{ss:02} +0000",
         MONTHS[m as usize - 1]
     )
+}
+
+/// `2026/11/26 20:52:06`, nginx's error log time (UTC).
+pub fn error_log_time(t: SystemTime) -> String {
+    let (y, m, d, hh, mm, ss) = civil(t);
+    format!("{y}/{m:02}/{d:02} {hh:02}:{mm:02}:{ss:02}")
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -163,6 +163,20 @@ impl FrontDoor {
         }
     }
 
+    /// Answers 413 when the declared `Content-Length` is past `client_max_body_size`, and
+    /// says so with the limit; a body without a declared length is measured as it is read.
+    /// Separate from `admit` so the backend checks it once it knows the site (whose error
+    /// log gets the line).
+    pub async fn refuse_declared_body(&self, session: &mut Session) -> Result<Option<u64>> {
+        match (self.max_body, declared_length(session)) {
+            (Some(max), Some(length)) if length > max => {
+                self.pages.send(session, &pages::BODY_TOO_LARGE).await?;
+                Ok(Some(max))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The site the request is for, or `None` once the request has been answered.
     pub async fn admit(&self, session: &mut Session) -> Result<Option<Admitted>> {
         // Only where Pingora would keep the connection: it has already decided to close after
@@ -188,12 +202,6 @@ impl FrontDoor {
             // here, without touching any site.
             self.pages.send(session, &pages::HEALTHY).await?;
             return Ok(None);
-        }
-        if let (Some(max), Some(length)) = (self.max_body, declared_length(session)) {
-            if length > max {
-                self.pages.send(session, &pages::BODY_TOO_LARGE).await?;
-                return Ok(None);
-            }
         }
         let client = self.origin(session).client_ip;
         let client_slot = match (&self.per_client, client) {

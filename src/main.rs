@@ -23,6 +23,7 @@ mod per_client;
 mod preview;
 mod request;
 mod request_checks;
+mod site_logs;
 mod site_name;
 mod tls;
 mod websocket;
@@ -69,6 +70,13 @@ fn main() -> ExitCode {
     if cli.test {
         for warning in &config.warnings {
             eprintln!("{}", logging::printable(warning));
+        }
+        // One site's bad settings never stop the others (nor a reload): warnings.
+        if let Some(backend) = &config.backend {
+            for problem in backend::site_settings::check_all(&backend.sites_dir) {
+                let warning = format!("{}: backend.sites_dir: warning: {problem}", cli.conf);
+                eprintln!("{}", logging::printable(&warning));
+            }
         }
         println!("{}: configuration OK", cli.conf);
         return ExitCode::SUCCESS;

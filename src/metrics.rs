@@ -265,6 +265,18 @@ static APP_EVICTIONS: Lazy<IntCounter> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
+static SITE_SETTINGS_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_site_settings_errors_total",
+        "Site settings files that could not be used when read (their site kept its last good settings, or answered 503)"
+    )
+    .expect("metric registers once")
+});
+
+pub fn site_settings_error() {
+    SITE_SETTINGS_ERRORS.inc();
+}
+
 pub fn app_evicted() {
     APP_EVICTIONS.inc();
 }
@@ -277,6 +289,7 @@ pub fn register_all() {
     Lazy::force(&APP_SOCKET_OWNER_MISMATCHES);
     Lazy::force(&TLS_HANDSHAKE_TIMEOUTS);
     Lazy::force(&APP_EVICTIONS);
+    Lazy::force(&SITE_SETTINGS_ERRORS);
     for what in ["request", "answer"] {
         BUFFERED_TO_FILE.with_label_values(&[what]);
         BUFFERED_TO_FILE_BYTES.with_label_values(&[what]);

@@ -51,6 +51,23 @@ pub const UNKNOWN_SITE: Page = page!(
     "404 Not Found",
     "There is no site with this name here."
 );
+pub const FILE_NOT_FOUND: Page = page!(404, "404 Not Found", "There is no file at this address.");
+pub const PASSWORD_REQUIRED: Page = page!(
+    401,
+    "401 Unauthorized",
+    "This site is password-protected. Enter its user name and password to see it."
+);
+pub const TOO_MANY_PASSWORDS: Page = page!(
+    429,
+    "429 Too Many Requests",
+    "Too many wrong passwords have come from your address in the last minute. Please try again shortly."
+);
+pub const SITE_DISABLED: Page = page!(503, "503 Service Unavailable", "This site is disabled.");
+pub const SITE_SETTINGS_BROKEN: Page = page!(
+    503,
+    "503 Service Unavailable",
+    "This site's settings cannot be used right now. If this is your site, its error log says why."
+);
 pub const REQUEST_TIMEOUT: Page = page!(
     408,
     "408 Request Timeout",
@@ -161,6 +178,7 @@ pub const TIMEOUT: Page = page!(
 pub fn for_status(status: u16) -> &'static Page {
     match status {
         400 => &BAD_REQUEST,
+        401 => &PASSWORD_REQUIRED,
         408 => &REQUEST_TIMEOUT,
         411 => &LENGTH_REQUIRED,
         413 => &BODY_TOO_LARGE,
@@ -177,22 +195,28 @@ pub fn for_status(status: u16) -> &'static Page {
 }
 
 /// Statuses whose page an operator may replace with `NNN.html` in `error_pages`.
-const OVERRIDABLE: [u16; 14] = [
-    400, 404, 408, 411, 413, 414, 429, 431, 500, 501, 502, 503, 504, 507,
+const OVERRIDABLE: [u16; 15] = [
+    400, 401, 404, 408, 411, 413, 414, 429, 431, 500, 501, 502, 503, 504, 507,
 ];
+
+/// How long a client is told to wait before trying a disabled site again.
+pub const DISABLED_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// The pages a role answers with: the built-in ones, or the operator's `NNN.html` files.
 #[derive(Default)]
 pub struct ErrorPages {
     custom: HashMap<u16, Bytes>,
+    /// `disabled.html` (key "") and `disabled-REASON.html`, for disabled sites.
+    disabled: HashMap<String, Bytes>,
 }
 
 impl ErrorPages {
-    /// Reads `dir/NNN.html` for the statuses that have pages; any other `.html` file there is
-    /// a mistake worth reporting (`4O4.html`, `502.htm` are not).
+    /// Reads `dir/NNN.html` for the statuses that have pages, and the disabled sites' pages
+    /// (`disabled.html`, `disabled-REASON.html`); any other `.html` file there is a mistake
+    /// worth reporting (`4O4.html`, `502.htm` are not).
     pub fn load(dir: &Path) -> std::result::Result<ErrorPages, String> {
         let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {dir:?}: {e}"))?;
-        let mut custom = HashMap::new();
+        let mut pages = ErrorPages::default();
         for entry in entries {
             let path = entry
                 .map_err(|e| format!("cannot read {dir:?}: {e}"))?
@@ -200,18 +224,64 @@ impl ErrorPages {
             if path.extension().is_none_or(|ext| ext != "html") {
                 continue;
             }
-            let status = path
+            let stem = path
                 .file_stem()
                 .and_then(|stem| stem.to_str())
-                .and_then(|stem| stem.parse::<u16>().ok())
-                .filter(|status| OVERRIDABLE.contains(status))
-                .ok_or_else(|| {
-                    format!("{path:?}: pages are named after their status, one of {OVERRIDABLE:?}")
-                })?;
-            let body = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
-            custom.insert(status, Bytes::from(body));
+                .unwrap_or("");
+            let read = || {
+                std::fs::read(&path)
+                    .map(Bytes::from)
+                    .map_err(|e| format!("cannot read {path:?}: {e}"))
+            };
+            if let Some(reason) = stem.strip_prefix("disabled-") {
+                pages.disabled.insert(reason.to_owned(), read()?);
+            } else if stem == "disabled" {
+                pages.disabled.insert(String::new(), read()?);
+            } else {
+                let status = stem
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|status| OVERRIDABLE.contains(status))
+                    .ok_or_else(|| {
+                        format!("{path:?}: pages are named after their status, one of {OVERRIDABLE:?}, or disabled[-REASON].html")
+                    })?;
+                pages.custom.insert(status, read()?);
+            }
         }
-        Ok(ErrorPages { custom })
+        Ok(pages)
+    }
+
+    /// The page of a disabled site: the operator's page for its reason, else their page for
+    /// disabled sites, else the built-in one.
+    pub async fn send_disabled(&self, session: &mut Session, reason: &str) -> Result<()> {
+        let body = self
+            .disabled
+            .get(reason)
+            .or_else(|| self.disabled.get(""))
+            .cloned()
+            .unwrap_or_else(|| Bytes::from_static(SITE_DISABLED.body.as_bytes()));
+        let retry_after = DISABLED_RETRY_AFTER.as_secs().to_string();
+        self.write(
+            session,
+            503,
+            body,
+            &[(http::header::RETRY_AFTER, retry_after)],
+        )
+        .await
+    }
+
+    /// A redirect to `location`, with a short page for clients that do not follow it.
+    pub async fn redirect(&self, session: &mut Session, status: u16, location: &str) -> Result<()> {
+        let body = Bytes::from(format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{status} Moved</title></head>\n<body><h1>{status} Moved</h1>\n<p>This site is served over HTTPS.</p>\n<hr><p>herald</p></body></html>\n"
+        ));
+        self.write(
+            session,
+            status,
+            body,
+            &[(http::header::LOCATION, location.to_owned())],
+        )
+        .await
     }
 
     fn body(&self, page: &Page) -> Bytes {
@@ -234,13 +304,38 @@ impl ErrorPages {
         page: &Page,
         retry_after: Option<Duration>,
     ) -> Result<()> {
-        let body = self.body(page);
-        let mut resp = ResponseHeader::build(page.status, Some(5))?;
-        if let Some(after) = retry_after {
-            resp.insert_header(
-                http::header::RETRY_AFTER,
-                after.as_secs_f64().ceil().max(1.0) as u64,
-            )?;
+        let headers: Vec<_> = retry_after
+            .map(|after| {
+                let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
+                (http::header::RETRY_AFTER, seconds.to_string())
+            })
+            .into_iter()
+            .collect();
+        self.write(session, page.status, self.body(page), &headers)
+            .await
+    }
+
+    /// `send`, with these headers too (`WWW-Authenticate`, say).
+    pub async fn send_with_headers(
+        &self,
+        session: &mut Session,
+        page: &Page,
+        headers: &[(http::HeaderName, String)],
+    ) -> Result<()> {
+        self.write(session, page.status, self.body(page), headers)
+            .await
+    }
+
+    async fn write(
+        &self,
+        session: &mut Session,
+        status: u16,
+        body: Bytes,
+        headers: &[(http::HeaderName, String)],
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(status, Some(5 + headers.len()))?;
+        for (name, value) in headers {
+            resp.insert_header(name.clone(), value.as_str())?;
         }
         resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;

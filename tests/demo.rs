@@ -31,7 +31,12 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
         "\"HTTPS\": \"on\"",
         "\"REMOTE_ADDR\": \"127.0.0.1\"",
         "HTTP/2 200",
-        "herald_requests_total{code=\"2xx\",role=\"edge\"} 6",
+        // Per-site settings: a static file, a password.
+        "body { font-family: sans-serif }",
+        "HTTP/1.1 401 Unauthorized",
+        "Basic realm=\"Herald demo\"",
+        "Hello from private.localhost",
+        "herald_requests_total{code=\"2xx\",role=\"edge\"} 8",
     ] {
         assert!(
             stdout.contains(expected),
@@ -49,6 +54,7 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
         "beta.localhost",
         "gamma.localhost",
         "sleepy.localhost",
+        "private.localhost",
     ] {
         let socket = dir.path().join("sockets").join(format!("{site}.sock"));
         assert!(

@@ -1011,3 +1011,58 @@ fn silent_tls_connections_are_capped_and_cut_while_others_are_served() {
     assert!(lines <= 20, "{lines} lines of failed handshakes in the log");
     assert!(node.handshakes("failed") >= 2000.0);
 }
+
+/// `force_https` and `hsts` in a site's settings, through the TLS edge: the backend decides
+/// from the scheme the edge saw.
+#[test]
+fn an_https_only_site_is_redirected_and_told_to_stay_on_https() {
+    let node = Node::start(
+        |pki, certs| install_pair(&pki.issue("alpha", &["alpha.example"], 30), certs, "alpha"),
+        "",
+    );
+    fs::write(
+        node.emperor.sites_dir.join("alpha.example.yaml"),
+        "force_https: true\nhsts: 180d\n",
+    )
+    .unwrap();
+    let plain = |request: &str| send_raw(node.plain, request.as_bytes());
+    // Settings are looked at once a second.
+    wait_until("the redirect in force", RELOAD_DEADLINE, || {
+        plain("GET /hello?x=1 HTTP/1.1\r\nHost: alpha.example\r\nConnection: close\r\n\r\n").status
+            == 301
+    });
+    let get = plain("GET /hello?x=1 HTTP/1.1\r\nHost: alpha.example\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        get.header("location"),
+        Some("https://alpha.example/hello?x=1")
+    );
+    assert_eq!(
+        get.header("strict-transport-security"),
+        None,
+        "not on plain HTTP"
+    );
+    let post = plain(
+        "POST /form HTTP/1.1\r\nHost: alpha.example\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    assert_eq!(post.status, 308, "the method and body are kept");
+    assert_eq!(post.header("location"), Some("https://alpha.example/form"));
+    // Over HTTPS: the app's answer, with HSTS; a forged X-Forwarded-Proto over plain HTTP is
+    // dropped by the edge and changes nothing.
+    let headers = node.root().join("headers.txt");
+    let (answer, _) = node.curl_https("alpha.example", "/", &["-D", headers.to_str().unwrap()]);
+    assert_eq!(answer["environ"]["HTTPS"], "on", "{answer}");
+    let head = fs::read_to_string(&headers).unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("strict-transport-security: max-age=15552000"),
+        "{head}"
+    );
+    let forged = plain(
+        "GET /hello HTTP/1.1\r\nHost: alpha.example\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(forged.status, 301);
+    // Other sites are unaffected.
+    assert_eq!(
+        plain("GET /hello HTTP/1.1\r\nHost: beta.example\r\nConnection: close\r\n\r\n").status,
+        200
+    );
+}

@@ -12,14 +12,18 @@
 
 pub mod activity;
 pub mod app;
+pub mod basic_auth;
 pub mod capacity;
 pub mod emperor;
 pub mod initializer;
 pub mod reaper;
+mod site_gate;
+pub mod site_settings;
 pub mod sites;
 pub mod socket_watch;
 pub mod start_limit;
 pub mod starter;
+pub mod static_files;
 pub mod vassal;
 
 use crate::access_log::AccessLog;
@@ -64,6 +68,9 @@ pub struct BackendProxy {
     gateway: Gateway,
     /// `server.max_retries`: Pingora's limit on upstream attempts per request.
     max_attempts: usize,
+    /// Each site's `sites_dir/<site>.yaml`.
+    settings: Arc<site_settings::SettingsStore>,
+    basic_auth: basic_auth::BasicAuth,
 }
 
 /// The pause before the next connect to a busy app: doubling from 5 ms, at most 100 ms.
@@ -96,6 +103,8 @@ pub struct BackendCtx {
     body: Option<Arc<RequestBody>>,
     /// The current attempt's connection to the app, when Herald makes it.
     exchange: Option<Arc<Exchange>>,
+    /// `Strict-Transport-Security` for the app's answer (an HTTPS request to a site with `hsts`).
+    hsts: Option<String>,
 }
 
 /// What a failed connect to an app's socket says about the app.
@@ -138,6 +147,17 @@ const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(5);
 const BUSY_MAX_PAUSE: Duration = Duration::from_millis(100);
 
+/// The site owner's error log says why an upload was refused.
+fn log_body_too_large(session: &Session, site: &str, max: u64) {
+    crate::site_logs::error(
+        site,
+        &format!(
+            "413: a request body to {} was larger than client_max_body_size ({max} bytes)",
+            String::from_utf8_lossy(session.req_header().raw_path()),
+        ),
+    );
+}
+
 /// Whether the target's path is one nginx refuses (400) before passing anything on.
 fn refuse_bad_path(session: &Session) -> bool {
     let target = session.req_header().raw_path();
@@ -176,7 +196,14 @@ impl BackendProxy {
                 ctx.body = Some(body);
                 None
             }
-            BodyOutcome::TooLarge => Some(&pages::BODY_TOO_LARGE),
+            BodyOutcome::TooLarge => {
+                log_body_too_large(
+                    session,
+                    &ctx.request.site,
+                    self.front_door.max_body().unwrap_or(0),
+                );
+                Some(&pages::BODY_TOO_LARGE)
+            }
             BodyOutcome::Storage(e) => {
                 error!(
                     "site {}: cannot buffer the request body: {e}",
@@ -207,6 +234,7 @@ impl ProxyHttp for BackendProxy {
             owner: 0,
             body: None,
             exchange: None,
+            hsts: None,
         }
     }
 
@@ -237,6 +265,10 @@ impl ProxyHttp for BackendProxy {
             return Ok(true);
         };
         ctx.request.site = site;
+        if let Some(max) = self.front_door.refuse_declared_body(session).await? {
+            log_body_too_large(session, &ctx.request.site, max);
+            return Ok(true);
+        }
         ctx.protocol = known.protocol;
         let Ok(owner) = known.owner else {
             // Logged when the vassal file was read.
@@ -247,6 +279,17 @@ impl ProxyHttp for BackendProxy {
             return Ok(true);
         };
         ctx.owner = owner;
+        let Ok(settings) = self.settings.get(&ctx.request.site) else {
+            // Logged (and in the site's error log) when the file was read.
+            self.front_door
+                .pages()
+                .send(session, &pages::SITE_SETTINGS_BROKEN)
+                .await?;
+            return Ok(true);
+        };
+        if let site_gate::Gate::Answered = self.site_gate(session, ctx, &settings).await? {
+            return Ok(true);
+        }
         if let Some(page) = self.before_the_app(session, ctx).await? {
             self.front_door.pages().send(session, page).await?;
             return Ok(true);
@@ -504,6 +547,9 @@ impl ProxyHttp for BackendProxy {
         for name in accel {
             upstream_response.remove_header(&name);
         }
+        if let Some(hsts) = &ctx.hsts {
+            upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        }
         Ok(())
     }
 
@@ -528,11 +574,16 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         config.socket_path.path_for("{host}"),
         config.frontend.listen
     );
+    crate::site_logs::init(
+        config.site_logs.access.clone(),
+        config.site_logs.errors.clone(),
+    );
     let sites = Arc::new(Sites::new(
         config.sites_dir.clone(),
         config.socket_path.clone(),
         config.gateway.app_protocol,
     ));
+    let settings = Arc::new(site_settings::SettingsStore::new(config.sites_dir.clone()));
     let activity = Arc::new(Activity::new());
     let initializer = Arc::new(Initializer::new(
         &config.starts.initializer,
@@ -568,7 +619,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         sites: sites.clone(),
         upstream: config.upstream,
         metrics: RoleMetrics::new("backend"),
-        access_log: AccessLog::for_role("backend", &config.frontend),
+        access_log: AccessLog::for_role("backend", &config.frontend).with_site_logs(),
         activity: activity.clone(),
         starter,
         start_limit: config
@@ -577,6 +628,11 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
             .map(start_limit::StartLimit::new),
         gateway: Gateway::new(&config.gateway),
         max_attempts: server.configuration.max_retries,
+        settings: settings.clone(),
+        // bcrypt is CPU by design: half the cores at most, so requests keep the rest.
+        basic_auth: basic_auth::BasicAuth::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
+        ),
     };
     let proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut service = listener::service("herald backend", "backend", proxy, &config.frontend);
@@ -584,6 +640,12 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         service.add_tcp(&addr.to_string());
     }
     let proxy_handle = server.add_service(service);
+    if config.site_logs.access.is_some() || config.site_logs.errors.is_some() {
+        server.add_service(GenBackgroundService::new(
+            "herald site logs reopen".into(),
+            Arc::new(crate::site_logs::ReopenOnSignal),
+        ));
+    }
     let watcher_handle = server.add_service(GenBackgroundService::new(
         "herald socket watch".into(),
         watcher,
@@ -596,6 +658,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
                 capacity,
                 initializer,
                 sites,
+                settings,
                 vassals_dir: config.vassals_dir.clone(),
                 idle_timeout,
                 stop_timeout: config.starts.start_timeout,

@@ -23,6 +23,7 @@ pub struct Reaper {
     pub capacity: Arc<super::capacity::Capacity>,
     pub initializer: Arc<Initializer>,
     pub sites: Arc<Sites>,
+    pub settings: Arc<super::site_settings::SettingsStore>,
     pub vassals_dir: PathBuf,
     pub idle_timeout: Duration,
     /// How long to wait for a stopped app's socket to go away before forgetting it stops.
@@ -129,6 +130,8 @@ impl BackgroundService for Reaper {
             if forgotten.elapsed() >= self.idle_timeout {
                 self.activity.forget_idle(self.idle_timeout);
                 self.sites
+                    .forget_unless(|site| self.activity.has_record(site));
+                self.settings
                     .forget_unless(|site| self.activity.has_record(site));
                 forgotten = Instant::now();
             }

@@ -173,6 +173,10 @@ impl Starter {
         warn!(
             "start {site}: failed, the app closed its first request unanswered; see its uWSGI log"
         );
+        crate::site_logs::error(
+            site,
+            "the app failed to start: it closed its first request unanswered (it probably could not load; its uWSGI log says why)",
+        );
         self.remember_failure(
             site,
             StartFailure {
@@ -224,6 +228,13 @@ impl Starter {
             }
             Err((error, why)) => {
                 warn!("start {site}: {} in {ms} ms, {why}", error.result());
+                crate::site_logs::error(
+                    site,
+                    &format!(
+                        "the app failed to start ({} after {ms} ms): {why}",
+                        error.result()
+                    ),
+                );
                 metrics::record_start(error.result(), elapsed);
                 let retry_after = match error {
                     StartError::Busy => BUSY_RETRY_AFTER,

@@ -57,6 +57,14 @@ pub struct TlsSection {
 pub struct AccessLogSection {
     pub path: String,
     pub format: Option<LogFormatName>,
+    /// Backend only: each site's lines in a file of its own too.
+    pub per_site: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorLogSection {
+    pub per_site: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -123,6 +131,7 @@ pub struct BackendSection {
     pub allow_ip_hosts: Option<bool>,
     pub limits: Option<LimitsSection>,
     pub access_log: Option<AccessLogSection>,
+    pub error_log: Option<ErrorLogSection>,
     pub error_pages: Option<String>,
     pub upstream_keepalive_timeout: Option<Scalar>,
     pub websocket_idle_timeout: Option<Scalar>,

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub(crate) use file::Scalar;
+pub(crate) use validate::yaml_error;
 pub use validate::ConfigError;
 
 #[derive(Debug)]
@@ -157,6 +159,14 @@ pub struct BackendConfig {
     pub emperor_stats: Option<StatsAddress>,
     /// How requests are handed to apps: protocol, environ, buffering.
     pub gateway: GatewayConfig,
+    /// Each site's own access and error log.
+    pub site_logs: SiteLogsConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SiteLogsConfig {
+    pub access: Option<SiteTemplate>,
+    pub errors: Option<SiteTemplate>,
 }
 
 /// How an app's socket is spoken to.
@@ -266,6 +276,20 @@ impl SocketTemplate {
     pub fn directory(&self) -> &Path {
         let end = self.prefix.rfind('/').map_or(0, |slash| slash + 1);
         Path::new(&self.prefix[..end])
+    }
+}
+
+/// A per-site path (`/var/log/sites/{host}/access.log`): absolute, `{host}` once, anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteTemplate {
+    pub(crate) prefix: String,
+    pub(crate) suffix: String,
+}
+
+impl SiteTemplate {
+    /// The path for a validated site name (see `host::parse_site`: no `/`, never `..`).
+    pub fn path_for(&self, site: &str) -> PathBuf {
+        PathBuf::from(format!("{}{site}{}", self.prefix, self.suffix))
     }
 }
 

@@ -79,6 +79,15 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
         match self.front_door.admit(session).await? {
+            Some(_)
+                if self
+                    .front_door
+                    .refuse_declared_body(session)
+                    .await?
+                    .is_some() =>
+            {
+                Ok(true)
+            }
             Some(admitted) => {
                 // The outermost hop: an id the client made up is not kept.
                 ctx.request.identify(session, false);

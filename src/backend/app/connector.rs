@@ -84,6 +84,10 @@ impl AppConnector {
             path.display()
         );
         crate::metrics::app_socket_owner_mismatch();
+        crate::site_logs::error(
+            &self.exchange.site,
+            "502: the app's socket is held by another user than the site's owner; the request was not sent to it",
+        );
         self.exchange.fail(AppFailure::WrongOwner);
         Error::e_explain(ConnectError, "the app's socket is held by another user")
     }

@@ -17,6 +17,7 @@ use std::fmt;
 
 mod gateway;
 mod private_files;
+mod site_logs;
 
 const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
 const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
@@ -70,6 +71,14 @@ impl ConfigError {
             problems: vec![(field.to_owned(), message)],
         }
     }
+
+    /// Problems found in `file`, as (field, message).
+    pub fn many(file: &str, problems: Vec<(String, String)>) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            problems,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -118,7 +127,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
 }
 
 /// serde_yaml reports `path.to.field: message at line L column C`; keep the path as the field.
-fn yaml_error(file: &str, error: &serde_yaml::Error) -> ConfigError {
+pub(crate) fn yaml_error(file: &str, error: &serde_yaml::Error) -> ConfigError {
     let text = error.to_string();
     match text.split_once(": ") {
         Some((path, message)) if !path.contains(' ') => {
@@ -234,6 +243,16 @@ impl Checker {
             raw.access_log.as_ref(),
             raw.error_pages.as_deref(),
         );
+        if raw
+            .access_log
+            .as_ref()
+            .is_some_and(|log| log.per_site.is_some())
+        {
+            self.bad(
+                "edge.access_log.per_site",
+                "per-site logs are written by the backend, which serves the sites",
+            );
+        }
         frontend.trusted_proxies = self.trusted_proxies("edge", raw.trusted_proxies.as_deref());
         let hash = match raw.hash.unwrap_or(HashName::Ketama) {
             HashName::Ketama => HashMode::Ketama,
@@ -518,6 +537,7 @@ impl Checker {
         });
         self.backend_dirs_are_distinct(&sites_dir, &vassals_dir, &socket_path);
         let gateway = self.gateway(&raw);
+        let site_logs = self.site_logs(&raw);
         if !upstream.keepalive.is_zero()
             && (gateway.request_buffering || gateway.response_buffering)
         {
@@ -536,6 +556,7 @@ impl Checker {
             starts,
             emperor_stats,
             gateway,
+            site_logs,
         }
     }
 
