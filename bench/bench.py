@@ -2,8 +2,9 @@
 """Herald (edge + backend) against nginx + Lua (edge) and nginx (backend, 502 -> initializer),
 the setup of the PythonAnywhere talk, on one machine, sharing one uWSGI emperor and its apps.
 The apps speak the uwsgi protocol (`socket =`, nginx's `uwsgi_pass`) or HTTP (`http-socket =`,
-nginx's `proxy_pass`): one set of warm sites each. A last scenario puts slow readers of a large
-page on a one-worker app and measures a fast client of the same site.
+nginx's `proxy_pass`): one set of warm sites each. A scenario puts slow readers of a large
+page on a one-worker app and measures a fast client of the same site; another asks for a site's
+static files (4 KiB and 10 MiB), which both backends serve from a directory without the app.
 
 Both topologies run alternately in the same run, several rounds; the medians and the ratio
 Herald / nginx are printed and written to BENCHMARKS.md with a chart (bench/results.svg).
@@ -32,6 +33,8 @@ APP = os.path.join(REPO, "demo", "app.py")
 GATEWAY_APP = os.path.join(REPO, "tests", "apps", "gateway_app.py")  # /big?n=BYTES
 WARM_SITES = 200  # of each protocol: w0..w199 (uwsgi) and hw0..hw199 (http-socket)
 COLD_SITES = 10
+STATIC_SITE = "st.bench"  # its /static/ mapped to a directory; its app is never started
+STATIC_FILES = {"static-4k": ("/static/4k.bin", 4 << 10), "static-10m": ("/static/10m.bin", 10 << 20)}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 LUA_HASH = r"""
@@ -50,6 +53,75 @@ function py2hash(s)
     return x
 end
 """
+
+
+def vassal_template(sockets):
+    """The demo's vassal template with the apps' socket directory and user filled in; @APP@
+    is left for vassal_text. The apps run as the bench's own user, as Herald and nginx do here
+    (by name: uWSGI takes `gid = 0` for no group)."""
+    import grp
+    import pwd
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    with open(os.path.join(REPO, "demo", "vassal.ini.template")) as f:
+        return (f.read().replace("@SOCKET_DIR@", sockets)
+                .replace("@UID@", user).replace("@HERALD_GID@", group).replace("@GID@", group))
+
+
+def vassal_text(template, socket_line=None, app=APP):
+    """A vassal from vassal_template(): the uwsgi protocol on the site's unix socket, or the same
+    with its one socket line replaced, e.g. by an http-socket. Fails loudly if the template no
+    longer has exactly one socket line, rather than measuring something else."""
+    text = template.replace("@APP@", app)
+    if socket_line is None:
+        return text
+    text, found = re.subn(r"(?m)^(?:socket|uwsgi-socket|http-socket|http11-socket)\s*=.*$", socket_line, text)
+    assert found == 1, "demo/vassal.ini.template: expected one socket line, found %d" % found
+    return text
+
+
+def herald_server_yaml(root, name):
+    """The `server:` section of a Herald process of the bench, its runtime files in `root`. One
+    thread per service: on this 2-core machine, measured faster than 2 (fewer cross-thread
+    wake-ups next to wrk, nginx and the apps)."""
+    return "server:\n  threads: 1\n  pid_file: %s/%s.pid\n  upgrade_sock: %s/%s.sock\n  grace_period_seconds: 1\n" % (
+        root, name, root, name)
+
+
+def nginx_main_conf(root, name):
+    """The top of an nginx configuration of the bench, up to inside `http {`: workers as this
+    user (nginx's default, nobody, could not open the apps' sockets, and every request would take
+    the 502 path to the initializer), the Lua module, logs and temp files in `root`."""
+    import pwd
+    user = pwd.getpwuid(os.getuid()).pw_name
+    logs = os.path.join(root, "logs")
+    return ("user " + user + ";\nworker_processes auto;\ndaemon off;\nerror_log %s/nginx-%s-error.log warn;\npid %s/nginx-%s.pid;\n"
+            "load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
+            "events { worker_connections 4096; }\nhttp {\n  access_log %s/nginx-%s-access.log combined;\n"
+            "  client_body_temp_path %s/tmp-%s;\n  proxy_temp_path %s/ptmp-%s;\n  uwsgi_temp_path %s/utmp-%s;\n") % (
+                logs, name, root, name, logs, name, root, name, root, name, root, name)
+
+
+# The talk's balancer in an nginx location: the site's backend, by name from the Lua table
+# `backends` (filled by init_by_lua_block after LUA_HASH), CPython 2's hash floor-modulo its length...
+LUA_PICK_BACKEND = ("      set_by_lua_block $backend {\n        local ffi = require \"ffi\"\n        local h = py2hash(ngx.var.host)\n"
+                    "        local n = ffi.new(\"int64_t\", #backends)\n        local i = h % n\n        if i < 0 then i = i + n end\n"
+                    "        return backends[tonumber(i) + 1]\n      }\n")
+# ... and the rest of the talk's edge location: to that backend, kept alive, with the client's address.
+LUA_EDGE_LOCATION = LUA_PICK_BACKEND + (
+    "      proxy_pass http://$backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n"
+    "      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n"
+    "      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n"
+    "      proxy_read_timeout 300s;\n")
+
+
+def nginx_backend_server(port, name_line, to_app, init_port):
+    """An nginx backend's server block: `to_app` passes the request to the site's app; a site
+    that is not running yet fails to connect (502), which goes to the initializer on
+    `init_port`."""
+    return ("  server {\n    listen 127.0.0.1:%d;\n%s    keepalive_timeout 75s;\n    location / {\n%s"
+            "      error_page 502 = @start;\n    }\n"
+            "    location @start {\n      proxy_pass http://127.0.0.1:%d;\n      proxy_set_header Host $host;\n"
+            "      proxy_read_timeout 300s;\n    }\n  }\n") % (port, name_line, to_app, init_port)
 
 
 def free_port():
@@ -176,7 +248,7 @@ def get(port, host, path="/hello", timeout=60):
     return resp.status, body
 
 
-def wrk(port, duration, host=None, script=None, connections=32, close=False):
+def wrk(port, duration, host=None, script=None, connections=32, close=False, path="/hello"):
     args = ["wrk", "-t2", "-c%d" % connections, "-d%ds" % duration, "--latency"]
     if host:
         args += ["-H", "Host: %s" % host]
@@ -184,7 +256,7 @@ def wrk(port, duration, host=None, script=None, connections=32, close=False):
         args += ["-H", "Connection: close"]
     if script:
         args += ["-s", script]
-    out = subprocess.run(args + ["http://127.0.0.1:%d/hello" % port], capture_output=True, text=True).stdout
+    out = subprocess.run(args + ["http://127.0.0.1:%d%s" % (port, path)], capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
@@ -297,14 +369,7 @@ class Bench:
         self.herald_tmp = os.path.join(root, "herald-tmp")
         for d in (self.sites, self.vassals, self.sockets, self.herald_tmp, os.path.join(root, "logs")):
             os.makedirs(d)
-        with open(os.path.join(REPO, "demo", "vassal.ini.template")) as f:
-            # The apps run as the bench's own user, as Herald and nginx do here (by name:
-            # uWSGI takes `gid = 0` for no group).
-            import grp
-            import pwd
-            user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-            self.template = (f.read().replace("@SOCKET_DIR@", self.sockets)
-                             .replace("@UID@", user).replace("@HERALD_GID@", group).replace("@GID@", group))
+        self.template = vassal_template(self.sockets)
 
     def spawn(self, name, args, **kw):
         proc = Proc(name, args, os.path.join(self.root, "logs", name + ".log"), **kw)
@@ -316,15 +381,7 @@ class Bench:
             proc.stop()
 
     def vassal(self, socket_line=None, app=APP):
-        """The demo's vassal template (the uwsgi protocol on the site's unix socket), or the same
-        with its one socket line replaced, e.g. by an http-socket. Fails loudly if the template
-        no longer has exactly one socket line, rather than measuring something else."""
-        text = self.template.replace("@APP@", app)
-        if socket_line is None:
-            return text
-        text, found = re.subn(r"(?m)^(?:socket|uwsgi-socket|http-socket|http11-socket)\s*=.*$", socket_line, text)
-        assert found == 1, "demo/vassal.ini.template: expected one socket line, found %d" % found
-        return text
+        return vassal_text(self.template, socket_line, app)
 
     def site(self, name, enabled, text=None):
         with open(os.path.join(self.sites, name + ".ini"), "w") as f:
@@ -356,6 +413,16 @@ class Bench:
             self.site("m%d.bench" % i, False)
         self.site("burst-h.bench", False)
         self.site("burst-n.bench", False)
+        # Static files: Herald's per-site settings map /static/ to this directory (nginx's
+        # backend: `alias`); the site's app is never enabled, and must never be.
+        self.static_dir = os.path.join(self.root, "static")
+        os.makedirs(self.static_dir)
+        for path, size in STATIC_FILES.values():
+            with open(os.path.join(self.static_dir, os.path.basename(path)), "wb") as f:
+                f.write(os.urandom(size))
+        self.site(STATIC_SITE, False)
+        with open(os.path.join(self.sites, STATIC_SITE + ".yaml"), "w") as f:
+            f.write("static:\n  - url: /static/\n    dir: %s\n" % self.static_dir)
         # The floor: the same app straight on TCP, no proxy.
         self.floor_port = free_port()
         with open(os.path.join(self.vassals, "floor.ini"), "w") as f:
@@ -371,9 +438,7 @@ class Bench:
         self.h_edge, self.h_backend, self.h_metrics = free_port(), free_port(), free_port()
         self.h_backend_nostats = free_port()
         logs = os.path.join(self.root, "logs")
-        # One thread per service: on this 2-core machine, measured faster than 2 (fewer
-        # cross-thread wake-ups next to wrk, nginx and the apps).
-        common = "server:\n  threads: 1\n  pid_file: %s/%%s.pid\n  upgrade_sock: %s/%%s.sock\n  grace_period_seconds: 1\n" % (self.root, self.root)
+        common = lambda name: herald_server_yaml(self.root, name)
         # Buffering as it comes (nginx's defaults: whole bodies and answers, 8 4k in memory,
         # then a file), only its temp files kept in the bench's directory.
         backend = ("backend:\n  listen: ['127.0.0.1:%%d']\n  sites_dir: %s\n  vassals_dir: %s\n  socket_path: %s/{host}.sock\n"
@@ -381,10 +446,10 @@ class Bench:
                    "  access_log:\n    path: %s/herald-%%s.log\n%%s") % (
                        self.sites, self.vassals, self.sockets, self.herald_tmp, self.herald_tmp, logs)
         configs = {
-            "herald-edge": (common % ("edge", "edge")) + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n  access_log:\n    path: %s/herald-edge-access.log\n" % (self.h_edge, self.h_backend, logs),
-            "herald-backend": (common % ("backend", "backend")) + "metrics:\n  listen: 127.0.0.1:%d\n" % self.h_metrics
+            "herald-edge": common("edge") + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n  access_log:\n    path: %s/herald-edge-access.log\n" % (self.h_edge, self.h_backend, logs),
+            "herald-backend": common("backend") + "metrics:\n  listen: 127.0.0.1:%d\n" % self.h_metrics
             + backend % (self.h_backend, "backend-access", "  emperor_stats: %s\n" % self.stats),
-            "herald-backend-nostats": (common % ("nostats", "nostats")) + backend % (self.h_backend_nostats, "nostats-access", ""),
+            "herald-backend-nostats": common("nostats") + backend % (self.h_backend_nostats, "nostats-access", ""),
         }
         self.herald = {}
         for name, yaml in configs.items():
@@ -401,40 +466,25 @@ class Bench:
         self.init = self.spawn("initializer", [sys.executable, os.path.join(REPO, "bench", "initializer.py"),
                                                str(self.init_port), self.sites, self.vassals, self.sockets])
         wait_for("the initializer", lambda: tcp_up(self.init_port))
-        # Workers as this user: nginx's default (nobody) could not open the apps' sockets, and
-        # every request would take the 502 path to the initializer.
-        import pwd
-        user = pwd.getpwuid(os.getuid()).pw_name
-        common = ("user " + user + ";\nworker_processes auto;\ndaemon off;\nerror_log %s/nginx-%%s-error.log warn;\npid %s/nginx-%%s.pid;\n"
-                  "load_module /usr/lib/nginx/modules/ndk_http_module.so;\nload_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
-                  "events { worker_connections 4096; }\nhttp {\n  access_log %s/nginx-%%s-access.log combined;\n"
-                  "  client_body_temp_path %s/tmp-%%s;\n  proxy_temp_path %s/ptmp-%%s;\n  uwsgi_temp_path %s/utmp-%%s;\n") % (
-                      logs, self.root, logs, self.root, self.root, self.root)
-        edge = common.replace("%s", "edge")
+        edge = nginx_main_conf(self.root, "edge")
         edge += ("  init_by_lua_block { %s backends = { \"b0\" } }\n"
                  "  upstream b0 { server 127.0.0.1:%d; keepalive 64; }\n"
-                 "  server {\n    listen 127.0.0.1:%d;\n    location / {\n"
-                 "      set_by_lua_block $backend {\n        local ffi = require \"ffi\"\n        local h = py2hash(ngx.var.host)\n"
-                 "        local n = ffi.new(\"int64_t\", #backends)\n        local i = h %% n\n        if i < 0 then i = i + n end\n"
-                 "        return backends[tonumber(i) + 1]\n      }\n"
-                 "      proxy_pass http://$backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n"
-                 "      proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n"
-                 "      proxy_set_header X-Real-IP $remote_addr;\n      proxy_set_header X-Forwarded-Proto $scheme;\n"
-                 "      proxy_read_timeout 300s;\n    }\n  }\n}\n") % (LUA_HASH, self.n_backend, self.n_edge)
+                 "  server {\n    listen 127.0.0.1:%d;\n    location / {\n%s    }\n  }\n}\n") % (
+                     LUA_HASH, self.n_backend, self.n_edge, LUA_EDGE_LOCATION)
         # The backend: a site that is not running yet fails to connect (502), which goes to the
         # initializer. Two servers on one port: the apps on the uwsgi protocol (the default
         # server, with Debian's uwsgi_params, as the talk's setup) and the hw*.bench ones on an
         # http-socket. Buffering is nginx's default (on) for both.
-        def server(name, to_app):
-            return ("  server {\n    listen 127.0.0.1:%d;\n%s    keepalive_timeout 75s;\n    location / {\n%s"
-                    "      error_page 502 = @start;\n    }\n"
-                    "    location @start {\n      proxy_pass http://127.0.0.1:%d;\n      proxy_set_header Host $host;\n"
-                    "      proxy_read_timeout 300s;\n    }\n  }\n") % (self.n_backend, name, to_app, self.init_port)
-        backend = common.replace("%s", "backend")
+        server = lambda name, to_app: nginx_backend_server(self.n_backend, name, to_app, self.init_port)
+        backend = nginx_main_conf(self.root, "backend")
         backend += server("", "      include /etc/nginx/uwsgi_params;\n      uwsgi_pass unix:%s/$host.sock;\n"
                               "      uwsgi_read_timeout 300s;\n" % self.sockets)
         backend += server("    server_name ~^hw\\d+\\.bench$;\n", "      proxy_pass http://unix:%s/$host.sock:;\n"
                           "      proxy_set_header Host $host;\n      proxy_read_timeout 300s;\n" % self.sockets)
+        # The static site: nginx's defaults for files (sendfile off, as Debian's nginx.conf
+        # is not included here; Herald reads and writes too).
+        backend += ("  server {\n    listen 127.0.0.1:%d;\n    server_name %s;\n"
+                    "    location /static/ { alias %s/; }\n  }\n") % (self.n_backend, STATIC_SITE, self.static_dir)
         backend += "}\n"
         self.nginx = {}
         for name, conf in (("nginx-edge", edge), ("nginx-backend", backend)):
@@ -461,6 +511,13 @@ class Bench:
         "one-http", "many-http" (http-socket)."""
         port = {"herald": self.h_edge, "nginx": self.n_edge, "floor": self.floor_port}[topology]
         kind, _, protocol = scenario.partition("-")
+        if kind == "static":
+            # Fewer connections for the large file: 32 x 10 MiB in flight measures memory
+            # bandwidth and socket buffers more than the proxies.
+            path, size = STATIC_FILES[scenario]
+            connections = 32 if size < 1 << 20 else 8
+            return self.measured(topology, duration, lambda: wrk(port, duration, host=STATIC_SITE, path=path,
+                                                                 connections=connections))
         prefix = "hw" if protocol == "http" else "w"
         # The app alone closes every connection (http-socket): measure it a request per
         # connection rather than count wrk's reconnections as errors.
@@ -646,6 +703,10 @@ class Bench:
         for s in warm:
             assert get(self.h_edge, s)[0] == 200 and get(self.n_edge, s)[0] == 200, s
         assert self.initializer_answered(set(warm)) == 0, "nginx's backend could not reach a warm app itself"
+        for path, size in STATIC_FILES.values():
+            for port in (self.h_edge, self.n_edge):
+                status, body = get(port, STATIC_SITE, path)
+                assert status == 200 and len(body) == size, (port, path, status, len(body))
         idle = {"%s/%s" % (topology, tier): rss_mib(pids) for topology in ("herald", "nginx")
                 for tier, pids in self.tier_pids(topology).items()}
         rounds = []
@@ -666,7 +727,14 @@ class Bench:
                       " %d errors, %.1f KiB/s each" % (
                           r + 1, topology, "slow", res["rps"], res["p50_ms"], res["p99_ms"], res["errors"], res["slow_answered"],
                           res["slow_readers"], res["slow_errors"], res["slow_kib_per_s_each"]), flush=True)
+            for scenario in STATIC_FILES:
+                for topology in order:
+                    res = self.load(topology, scenario, self.args.duration)
+                    this["%s/%s" % (topology, scenario)] = res
+                    print("round %d %-6s %-10s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (
+                        r + 1, topology, scenario, res["rps"], res["p50_ms"], res["p99_ms"], res["errors"]), flush=True)
             rounds.append(this)
+        assert not os.path.exists(os.path.join(self.vassals, STATIC_SITE + ".ini")), "a static file started the app"
         fallbacks = self.initializer_answered(set(warm))
         cold = self.cold_starts()
         bursts = {t: self.burst(t) for t in ("herald", "nginx")}
@@ -775,6 +843,31 @@ def slow_section(raw, med, args):
     return lines + [""]
 
 
+def static_section(med):
+    """Static files through both tiers: the 4 KiB and the 10 MiB file, side by side."""
+    lines = ["## Static files (medians)", "",
+             "`%s` maps `/static/` to a directory: Herald's backend serves it from the site's settings file" % STATIC_SITE,
+             "(`static:`), nginx's with `alias`; both edges proxy as for any request (nginx's edge buffers the answer,",
+             "Herald's streams it). The site's app is never started (checked). wrk, 2 threads, 32 connections for the",
+             "4 KiB file and 8 for the 10 MiB one.", "",
+             "| file | proxy | req/s | MiB/s | p50 ms | p99 ms | CPU s / 10k req (edge + backend) | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for scenario, (path, size) in STATIC_FILES.items():
+        for b in ("herald", "nginx"):
+            m = med["%s/%s" % (b, scenario)]
+            lines.append("| %s | %s | %.0f | %.0f | %.2f | %.2f | %.3f (%.3f + %.3f) | %d |" % (
+                path, b, m["rps"], m["rps"] * size / 2 ** 20, m["p50_ms"], m["p99_ms"], m["cpu_per_10k"],
+                m["cpu_edge_per_10k"], m["cpu_backend_per_10k"], m["errors"]))
+    lines += ["", "Ratios Herald / nginx:", "", "| file | throughput | p99 | CPU per request | backend CPU per request |",
+              "|---|---|---|---|---|"]
+    for scenario, (path, _) in STATIC_FILES.items():
+        h, n = med["herald/" + scenario], med["nginx/" + scenario]
+        lines.append("| %s | %.2f | %.2f | %.2f | %.2f |" % (path, h["rps"] / n["rps"], h["p99_ms"] / n["p99_ms"],
+                                                          h["cpu_per_10k"] / n["cpu_per_10k"],
+                                                          h["cpu_backend_per_10k"] / n["cpu_backend_per_10k"]))
+    return lines + [""]
+
+
 def report(raw, med, args, chart="bench/results.svg"):
     ratio = lambda k, m: med["herald/%s" % k][m] / med["nginx/%s" % k][m]
     cold = {k: median(v) for k, v in raw["cold_ms"].items()}
@@ -823,6 +916,7 @@ def report(raw, med, args, chart="bench/results.svg"):
         idle["herald/edge"], idle["herald/backend"], idle["nginx/edge"], idle["nginx/backend"]), "",
               "![throughput and p99](%s)" % chart, ""]
     lines += slow_section(raw, med, args)
+    lines += static_section(med)
     lines += ["## Cold starts (median of %d sites, milliseconds to first byte)" % COLD_SITES, "",
               "| path | ms |", "|---|---|",
               "| emperor alone, woken through its stats socket: the app's first answer (the baseline) | %.1f |" % cold["emperor_woken"],
@@ -840,6 +934,26 @@ def report(raw, med, args, chart="bench/results.svg"):
               open(os.path.join(REPO, "bench", "analysis.md")).read(),
               "## Raw numbers", "", "```json", json.dumps(raw, indent=1), "```", ""]
     return "\n".join(lines)
+
+
+# BENCHMARKS.md's section from bench/scale.py, between these markers: report() rewrites the rest.
+SCALE_BEGIN, SCALE_END = "<!-- scale:begin -->", "<!-- scale:end -->"
+
+
+def scale_block(text):
+    """The scale section of a report, markers included; None when it has none."""
+    begin = text.find(SCALE_BEGIN)
+    end = text.find(SCALE_END, begin)
+    return text[begin:end + len(SCALE_END)] if begin >= 0 and end >= 0 else None
+
+
+def with_block(text, block):
+    """`text` with its scale section replaced by `block`, or `block` added at its end."""
+    begin = text.find(SCALE_BEGIN)
+    end = text.find(SCALE_END, begin)
+    if begin >= 0 and end >= 0:
+        return text[:begin] + block + text[end + len(SCALE_END):]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
 def main():
@@ -871,8 +985,11 @@ def main():
         else os.path.splitext(output)[0] + ".svg"
     svg_chart(med, chart)
     text = report(raw, med, args, os.path.relpath(chart, os.path.dirname(output)))
+    # bench/scale.py's section is its own run's: kept as it is.
+    previous = open(args.output).read() if os.path.exists(args.output) else ""
+    block = scale_block(previous)
     with open(args.output, "w") as f:
-        f.write(text)
+        f.write(with_block(text, block) if block else text)
     print(text.split("## Raw numbers")[0])
     if args.keep:
         print("files and logs kept in", root)

@@ -124,14 +124,16 @@ pub async fn serve(
     let request = session.req_header();
     let head_only = request.method == http::Method::HEAD;
     let gzip_accepted = gzip::accepted(request);
-    let dir = found.mapping.dir.clone();
-    let resolver = open::default_resolver();
-    let lookup = name.clone();
-    let chosen = tokio::task::spawn_blocking(move || {
-        open::choose(&dir, &lookup, owner_uid, gzip_accepted, resolver)
-    })
-    .await
-    .or_err(InternalError, "opening a static file")?;
+    // On the request's thread, as nginx opens files without `aio`: these are metadata calls
+    // the kernel answers from its caches, and a hop to the blocking pool and back costs more
+    // than they do (measured: backend CPU per 4 KiB answer, BENCHMARKS.md).
+    let chosen = open::choose(
+        &found.mapping.dir,
+        &name,
+        owner_uid,
+        gzip_accepted,
+        open::default_resolver(),
+    );
     let chosen = match chosen {
         Ok(chosen) => chosen,
         Err(NotOpened::NotFound(why)) => return Ok(Served::NotFound(why)),

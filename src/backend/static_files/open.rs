@@ -1,6 +1,6 @@
 //! Opening a static file so that it is never outside its mapped directory, and only when its
-//! owner rule allows (see `owner_may_publish`). These are blocking system calls: run them off
-//! the async runtime.
+//! owner rule allows (see `owner_may_publish`). These are system calls on metadata the
+//! kernel caches; they run on the request's thread, as nginx's do.
 //!
 //! The name is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` relative to
 //! the mapped directory: a symlink that stays inside it works, one that leads out (a tenant's
