@@ -220,6 +220,10 @@ impl BackendProxy {
 impl ProxyHttp for BackendProxy {
     type CTX = BackendCtx;
 
+    /// None: Pingora's default installs its response-compression module, disabled, on
+    /// every request; Herald never compresses (the apps do, or `name.gz` files do).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> BackendCtx {
         BackendCtx {
             request: RequestState::new(self.metrics.begin()),

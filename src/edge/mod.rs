@@ -65,6 +65,10 @@ impl EdgeCtx {
 impl ProxyHttp for EdgeProxy {
     type CTX = EdgeCtx;
 
+    /// None: Pingora's default installs its response-compression module, disabled, on
+    /// every request; Herald never compresses (the apps do, or `name.gz` files do).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> EdgeCtx {
         EdgeCtx {
             request: RequestState::new(self.metrics.begin()),

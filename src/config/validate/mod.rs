@@ -192,19 +192,34 @@ impl Checker {
                 );
             }
         }
-        let mut conf: ServerConf = match serde_yaml::from_value(serde_yaml::Value::Mapping(raw)) {
-            Ok(conf) => conf,
-            Err(e) => {
-                let text = e.to_string();
-                match text.split_once(": ") {
-                    Some((path, message)) if !path.contains(' ') => {
-                        self.bad(format!("server.{path}"), message)
+        let mut conf: ServerConf =
+            match serde_yaml::from_value(serde_yaml::Value::Mapping(raw.clone())) {
+                Ok(conf) => conf,
+                Err(e) => {
+                    // Read from a `Value`, serde_yaml names no field: each known key is tried
+                    // alone over the defaults, so every bad one is named.
+                    let mut named = false;
+                    for (key, value) in raw.iter().filter(|(key, _)| known.contains_key(*key)) {
+                        let mut alone = known.clone();
+                        alone.insert(key.clone(), value.clone());
+                        if let Err(e) = serde_yaml::from_value::<ServerConf>(alone.into()) {
+                            let name = key.as_str().unwrap_or_default();
+                            self.bad(format!("server.{name}"), e.to_string());
+                            named = true;
+                        }
                     }
-                    _ => self.bad("server", text),
+                    if !named {
+                        self.bad("server", e.to_string());
+                    }
+                    ServerConf::default()
                 }
-                ServerConf::default()
-            }
-        };
+            };
+        if !raw.contains_key("work_stealing") {
+            // A plain single-thread runtime per worker thread: measured cheaper per request
+            // than Pingora's default (a one-worker work-stealing scheduler per thread) on
+            // both roles (bench/ab.py; BENCHMARKS.md).
+            conf.work_stealing = false;
+        }
         conf.grace_period_seconds
             .get_or_insert(DEFAULT_GRACE_PERIOD_SECONDS);
         conf.graceful_shutdown_timeout_seconds
@@ -1156,6 +1171,9 @@ mod tests {
             config.server.grace_period_seconds,
             Some(DEFAULT_GRACE_PERIOD_SECONDS)
         );
+        assert!(!config.server.work_stealing);
+        let chosen = parse("t.yaml", "server:\n  work_stealing: true\nedge:\n  listen: ['127.0.0.1:8080']\n  backends: ['127.0.0.1:9000']\n").unwrap();
+        assert!(chosen.server.work_stealing, "the operator's choice is kept");
     }
 
     #[test]
@@ -1263,6 +1281,10 @@ mod tests {
         )
         .starts_with("t.yaml: edge: unknown field `bakends`"));
         assert!(problems("frontend: {}\n").starts_with("t.yaml: unknown field `frontend`"));
+        assert_eq!(
+            problems("server:\n  threads: many\n  daemon: 3\nedge:\n  listen: ['127.0.0.1:80']\n  backends: ['10.0.0.1:80']\n"),
+            "t.yaml: server.threads: invalid type: string \"many\", expected usize\nt.yaml: server.daemon: invalid type: integer `3`, expected a boolean"
+        );
         assert!(problems("server:\n  threds: 2\nedge:\n  listen: ['127.0.0.1:80']\n  backends: ['10.0.0.1:80']\n").starts_with("t.yaml: server.threds: unknown key"));
     }
 
