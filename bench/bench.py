@@ -4,7 +4,9 @@ the setup of the PythonAnywhere talk, on one machine, sharing one uWSGI emperor 
 The apps speak the uwsgi protocol (`socket =`, nginx's `uwsgi_pass`) or HTTP (`http-socket =`,
 nginx's `proxy_pass`): one set of warm sites each. A scenario puts slow readers of a large
 page on a one-worker app and measures a fast client of the same site; another asks for a site's
-static files (4 KiB and 10 MiB), which both backends serve from a directory without the app.
+static files (4 KiB and 10 MiB), which both backends serve from a directory without the app;
+and HTTPS at the edge (TLS 1.3, ECDSA P-256): a new connection per request, keep-alive, and
+HTTP/2.
 
 Both topologies run alternately in the same run, several rounds; the medians and the ratio
 Herald / nginx are printed and written to BENCHMARKS.md with a chart (bench/results.svg).
@@ -33,6 +35,9 @@ APP = os.path.join(REPO, "demo", "app.py")
 GATEWAY_APP = os.path.join(REPO, "tests", "apps", "gateway_app.py")  # /big?n=BYTES
 WARM_SITES = 200  # of each protocol: w0..w199 (uwsgi) and hw0..hw199 (http-socket)
 COLD_SITES = 10
+HTTPS_SCENARIOS = {"https-close": "a new TLS connection per request (HTTP/1.1)",
+                   "https-keepalive": "HTTP/1.1 over kept-alive TLS connections",
+                   "https-h2": "HTTP/2 (h2load: 32 connections, 10 streams each)"}
 STATIC_SITE = "st.bench"  # its /static/ mapped to a directory; its app is never started
 STATIC_FILES = {"static-4k": ("/static/4k.bin", 4 << 10), "static-10m": ("/static/10m.bin", 10 << 20)}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -248,7 +253,7 @@ def get(port, host, path="/hello", timeout=60):
     return resp.status, body
 
 
-def wrk(port, duration, host=None, script=None, connections=32, close=False, path="/hello"):
+def wrk(port, duration, host=None, script=None, connections=32, close=False, path="/hello", scheme="http"):
     args = ["wrk", "-t2", "-c%d" % connections, "-d%ds" % duration, "--latency"]
     if host:
         args += ["-H", "Host: %s" % host]
@@ -256,7 +261,7 @@ def wrk(port, duration, host=None, script=None, connections=32, close=False, pat
         args += ["-H", "Connection: close"]
     if script:
         args += ["-s", script]
-    out = subprocess.run(args + ["http://127.0.0.1:%d%s" % (port, path)], capture_output=True, text=True).stdout
+    out = subprocess.run(args + ["%s://127.0.0.1:%d%s" % (scheme, port, path)], capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
@@ -268,6 +273,35 @@ def wrk(port, duration, host=None, script=None, connections=32, close=False, pat
         lat[pct] = value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     return {"rps": rps, "requests": total, "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
             "p50_ms": lat["50"], "p99_ms": lat["99"]}
+
+
+def h2load(port, duration, host, connections=32, streams=10):
+    """HTTP/2 over TLS: `connections` clients, each with up to `streams` requests in flight,
+    for `duration` seconds after a second's warm-up. h2load gives no percentiles: p50 and p99
+    are left out (None), the mean is kept."""
+    args = ["h2load", "-t2", "-c%d" % connections, "-m%d" % streams, "-D%d" % duration, "--warm-up-time=1",
+            "-H", ":authority: %s" % host, "https://127.0.0.1:%d/hello" % port]
+    out = subprocess.run(args, capture_output=True, text=True).stdout
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    assert done, out
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    mean_ms = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
+    non2xx = re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors = int(done.group(4)) + int(done.group(5)) + (int(non2xx.group(1)) + int(non2xx.group(2)) if non2xx else 0)
+    return {"rps": rps, "requests": int(done.group(3)), "errors": errors, "p50_ms": None, "p99_ms": None,
+            "mean_ms": mean_ms}
+
+
+def make_tls_pair(root):
+    """One ECDSA P-256 certificate for `*.bench` (self-signed), and its key: both edges serve
+    it as their default, so a client connecting to 127.0.0.1 (no SNI) gets the same
+    handshake from either."""
+    crt, key = os.path.join(root, "bench.crt"), os.path.join(root, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "30", "-subj", "/CN=bench", "-keyout", key, "-out", crt,
+                    "-addext", "subjectAltName=DNS:*.bench"], check=True, capture_output=True)
+    return crt, key
 
 
 class SlowReaders:
@@ -436,7 +470,10 @@ class Bench:
 
     def start_herald(self):
         self.h_edge, self.h_backend, self.h_metrics = free_port(), free_port(), free_port()
-        self.h_backend_nostats = free_port()
+        self.h_backend_nostats, self.h_tls = free_port(), free_port()
+        self.tls_pair = make_tls_pair(self.root)
+        certs = os.path.join(self.root, "certs")  # empty: every client gets the default pair
+        os.makedirs(certs)
         logs = os.path.join(self.root, "logs")
         common = lambda name: herald_server_yaml(self.root, name)
         # Buffering as it comes (nginx's defaults: whole bodies and answers, 8 4k in memory,
@@ -446,7 +483,9 @@ class Bench:
                    "  access_log:\n    path: %s/herald-%%s.log\n%%s") % (
                        self.sites, self.vassals, self.sockets, self.herald_tmp, self.herald_tmp, logs)
         configs = {
-            "herald-edge": common("edge") + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n  access_log:\n    path: %s/herald-edge-access.log\n" % (self.h_edge, self.h_backend, logs),
+            "herald-edge": common("edge") + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n  access_log:\n    path: %s/herald-edge-access.log\n" % (self.h_edge, self.h_backend, logs)
+            + "  tls:\n    listen: ['127.0.0.1:%d']\n    certs_dir: %s\n    default_cert: %s\n    default_key: %s\n" % (
+                self.h_tls, certs, self.tls_pair[0], self.tls_pair[1]),
             "herald-backend": common("backend") + "metrics:\n  listen: 127.0.0.1:%d\n" % self.h_metrics
             + backend % (self.h_backend, "backend-access", "  emperor_stats: %s\n" % self.stats),
             "herald-backend-nostats": common("nostats") + backend % (self.h_backend_nostats, "nostats-access", ""),
@@ -457,11 +496,11 @@ class Bench:
             with open(path, "w") as f:
                 f.write(yaml)
             self.herald[name] = self.spawn(name, [HERALD, "-c", path], env=dict(os.environ, RUST_LOG="warn"))
-        for port in (self.h_edge, self.h_backend, self.h_backend_nostats):
+        for port in (self.h_edge, self.h_backend, self.h_backend_nostats, self.h_tls):
             wait_for("herald on %d" % port, lambda: tcp_up(port))
 
     def start_nginx(self):
-        self.n_edge, self.n_backend, self.init_port = free_port(), free_port(), free_port()
+        self.n_edge, self.n_backend, self.init_port, self.n_tls = free_port(), free_port(), free_port(), free_port()
         logs = os.path.join(self.root, "logs")
         self.init = self.spawn("initializer", [sys.executable, os.path.join(REPO, "bench", "initializer.py"),
                                                str(self.init_port), self.sites, self.vassals, self.sockets])
@@ -469,8 +508,10 @@ class Bench:
         edge = nginx_main_conf(self.root, "edge")
         edge += ("  init_by_lua_block { %s backends = { \"b0\" } }\n"
                  "  upstream b0 { server 127.0.0.1:%d; keepalive 64; }\n"
-                 "  server {\n    listen 127.0.0.1:%d;\n    location / {\n%s    }\n  }\n}\n") % (
-                     LUA_HASH, self.n_backend, self.n_edge, LUA_EDGE_LOCATION)
+                 "  server {\n    listen 127.0.0.1:%d;\n    listen 127.0.0.1:%d ssl http2;\n"
+                 "    ssl_certificate %s;\n    ssl_certificate_key %s;\n    ssl_protocols TLSv1.2 TLSv1.3;\n"
+                 "    location / {\n%s    }\n  }\n}\n") % (
+                     LUA_HASH, self.n_backend, self.n_edge, self.n_tls, self.tls_pair[0], self.tls_pair[1], LUA_EDGE_LOCATION)
         # The backend: a site that is not running yet fails to connect (502), which goes to the
         # initializer. Two servers on one port: the apps on the uwsgi protocol (the default
         # server, with Debian's uwsgi_params, as the talk's setup) and the hw*.bench ones on an
@@ -492,7 +533,7 @@ class Bench:
             with open(path, "w") as f:
                 f.write(conf)
             self.nginx[name] = self.spawn(name, ["nginx", "-p", self.root, "-c", path])
-        for port in (self.n_edge, self.n_backend):
+        for port in (self.n_edge, self.n_backend, self.n_tls):
             wait_for("nginx on %d" % port, lambda: tcp_up(port))
 
     # ---- measurements ------------------------------------------------------------------
@@ -511,6 +552,14 @@ class Bench:
         "one-http", "many-http" (http-socket)."""
         port = {"herald": self.h_edge, "nginx": self.n_edge, "floor": self.floor_port}[topology]
         kind, _, protocol = scenario.partition("-")
+        if kind == "https":
+            # One site over TLS at the edge (the same backend path as "one"): a full handshake
+            # per request (browsers' new visitors), kept-alive connections, or HTTP/2.
+            port = self.h_tls if topology == "herald" else self.n_tls
+            if protocol == "h2":
+                return self.measured(topology, duration, lambda: h2load(port, duration, "w0.bench"))
+            return self.measured(topology, duration, lambda: wrk(port, duration, host="w0.bench", scheme="https",
+                                                                 close=protocol == "close"))
         if kind == "static":
             # Fewer connections for the large file: 32 x 10 MiB in flight measures memory
             # bandwidth and socket buffers more than the proxies.
@@ -727,12 +776,13 @@ class Bench:
                       " %d errors, %.1f KiB/s each" % (
                           r + 1, topology, "slow", res["rps"], res["p50_ms"], res["p99_ms"], res["errors"], res["slow_answered"],
                           res["slow_readers"], res["slow_errors"], res["slow_kib_per_s_each"]), flush=True)
-            for scenario in STATIC_FILES:
+            for scenario in list(STATIC_FILES) + list(HTTPS_SCENARIOS):
                 for topology in order:
                     res = self.load(topology, scenario, self.args.duration)
                     this["%s/%s" % (topology, scenario)] = res
-                    print("round %d %-6s %-10s %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (
-                        r + 1, topology, scenario, res["rps"], res["p50_ms"], res["p99_ms"], res["errors"]), flush=True)
+                    print("round %d %-6s %-15s %9.0f req/s  p50 %7s ms  p99 %7s ms  errors %d" % (
+                        r + 1, topology, scenario, res["rps"], "%.2f" % res["p50_ms"] if res["p50_ms"] is not None else "-",
+                        "%.2f" % res["p99_ms"] if res["p99_ms"] is not None else "-", res["errors"]), flush=True)
             rounds.append(this)
         assert not os.path.exists(os.path.join(self.vassals, STATIC_SITE + ".ini")), "a static file started the app"
         fallbacks = self.initializer_answered(set(warm))
@@ -868,6 +918,32 @@ def static_section(med):
     return lines + [""]
 
 
+def https_section(med):
+    """HTTPS at the edge, one warm site (`w0.bench`, the uwsgi protocol behind)."""
+    lines = ["## HTTPS at the edge (medians)", "",
+             "Both edges terminate TLS with the same self-signed ECDSA P-256 certificate (TLS 1.3 negotiated; Herald: rustls,",
+             "nginx: OpenSSL) and pass the request to their backend as in the warm rows (`w0.bench`, the uwsgi protocol).",
+             "wrk (2 threads, 32 connections) with `Connection: close` makes a full handshake per request; without it, the",
+             "connections are kept alive. h2load (2 threads) runs HTTP/2; it reports no percentiles, so its mean is shown.", "",
+             "| scenario | proxy | req/s | p50 ms | p99 ms | mean ms | CPU s / 10k req (edge + backend) | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    ms = lambda v: "%.2f" % v if v == v else "-"
+    for scenario, label in HTTPS_SCENARIOS.items():
+        for b in ("herald", "nginx"):
+            m = med["%s/%s" % (b, scenario)]
+            lines.append("| %s | %s | %.0f | %s | %s | %s | %.3f (%.3f + %.3f) | %d |" % (
+                label, b, m["rps"], ms(m["p50_ms"]), ms(m["p99_ms"]), ms(m.get("mean_ms", float("nan"))),
+                m["cpu_per_10k"], m["cpu_edge_per_10k"], m["cpu_backend_per_10k"], m["errors"]))
+    lines += ["", "Ratios Herald / nginx:", "", "| scenario | throughput | p99 | CPU per request | edge CPU per request |",
+              "|---|---|---|---|---|"]
+    for scenario, label in HTTPS_SCENARIOS.items():
+        h, n = med["herald/" + scenario], med["nginx/" + scenario]
+        p99 = "%.2f" % (h["p99_ms"] / n["p99_ms"]) if h["p99_ms"] == h["p99_ms"] and n["p99_ms"] else "-"
+        lines.append("| %s | %.2f | %s | %.2f | %.2f |" % (label, h["rps"] / n["rps"], p99, h["cpu_per_10k"] / n["cpu_per_10k"],
+                                                         h["cpu_edge_per_10k"] / n["cpu_edge_per_10k"]))
+    return lines + [""]
+
+
 def report(raw, med, args, chart="bench/results.svg"):
     ratio = lambda k, m: med["herald/%s" % k][m] / med["nginx/%s" % k][m]
     cold = {k: median(v) for k, v in raw["cold_ms"].items()}
@@ -917,6 +993,7 @@ def report(raw, med, args, chart="bench/results.svg"):
               "![throughput and p99](%s)" % chart, ""]
     lines += slow_section(raw, med, args)
     lines += static_section(med)
+    lines += https_section(med)
     lines += ["## Cold starts (median of %d sites, milliseconds to first byte)" % COLD_SITES, "",
               "| path | ms |", "|---|---|",
               "| emperor alone, woken through its stats socket: the app's first answer (the baseline) | %.1f |" % cold["emperor_woken"],
