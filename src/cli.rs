@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
     long_about = "Herald routes each request by its Host header. The edge role hashes the site name to \
 pick a backend server; the backend role proxies to the site's uWSGI app over its unix socket. \
 One configuration file declares which roles this process runs.\n\n\
-Reload without losing a request: start `herald -u -d -c FILE` beside the running one, then send \
-the old process SIGQUIT. SIGTERM shuts down gracefully, SIGINT at once."
+Reload without losing a request: `herald reload -c FILE`. SIGTERM (`herald stop`) shuts down \
+gracefully, SIGINT at once."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,8 +41,28 @@ pub struct Cli {
     pub upgrade: bool,
 }
 
+/// The configuration file of a command that drives a running herald.
+#[derive(clap::Args, Debug)]
+pub struct ConfArg {
+    /// Configuration file of the running herald (its server.pid_file names it)
+    #[arg(
+        short = 'c',
+        long = "conf",
+        value_name = "FILE",
+        default_value = "/etc/herald/herald.yaml"
+    )]
+    pub conf: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Check FILE, start a new herald that takes the running one's sockets over, and say
+    /// whether it worked; the running one keeps serving when anything fails before it
+    Reload(ConfArg),
+    /// Stop the running herald gracefully (SIGTERM) and wait until it has exited
+    Stop(ConfArg),
+    /// Exit 0 and say pid, uptime and listeners if the pid file names a running herald, 3 if not
+    Status(ConfArg),
     /// Print the backend of every site; with --backends, which sites a new list would move
     Placement {
         /// Configuration file with the edge role whose backends are used now

@@ -9,6 +9,8 @@ mod backend;
 mod cidr;
 mod cli;
 mod config;
+mod control;
+mod draining;
 mod edge;
 mod forwarding;
 mod frontdoor;
@@ -60,6 +62,12 @@ fn main() -> ExitCode {
             }
         };
     }
+    match &cli.command {
+        Some(cli::Command::Reload(arg)) => return control::reload(&arg.conf),
+        Some(cli::Command::Stop(arg)) => return control::stop(&arg.conf),
+        Some(cli::Command::Status(arg)) => return control::status(&arg.conf),
+        _ => {}
+    }
     let config = match Config::load(&cli.conf) {
         Ok(config) => config,
         Err(problems) => {
@@ -85,8 +93,18 @@ fn main() -> ExitCode {
         log::warn!("{warning}");
     }
 
+    if cli.upgrade {
+        // Pingora's own message when nothing arrives is "Bootstrap failed on error: EAGAIN".
+        log::info!(
+            "waiting about 5 s for the running herald to send its listening sockets to {}: send it SIGQUIT now \
+             (`herald reload -c {}` does both, in the safe order)",
+            config.server.upgrade_sock,
+            cli.conf
+        );
+    }
     let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), config.server);
     server.bootstrap();
+    draining::watch(&mut server);
     if let Some(metrics) = &config.metrics {
         let mut service = pingora_prometheus::prometheus_http_service();
         service.add_tcp(&metrics.listen.to_string());

@@ -244,3 +244,169 @@ fn the_old_process_leaves_idle_apps_to_the_new_one() {
         "the old process stopped an app after handing over:\n{log}"
     );
 }
+
+/// Daemonized heralds (not this test's children): killed by pid when the test ends.
+struct Daemons(Vec<i32>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn herald_command(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = Command::new(herald_bin())
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pid_in(file: &Path) -> i32 {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) is not alive.
+    let signalable = unsafe { libc::kill(pid, 0) } == 0;
+    signalable
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// `herald reload` does the upgrade in the safe order and says how it went; `status` and
+/// `stop` find the process through the pid file; a reload with a bad file leaves the running
+/// process alone.
+#[test]
+fn herald_reload_stop_and_status_drive_the_running_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let emperor = Emperor::start(root, &["warm.example"], &[]);
+    let (edge, backend, metrics) = (free_port(), free_port(), free_port());
+    let pid_file = root.join("herald.pid");
+    let yaml = format!(
+        "server:\n  pid_file: {0}/herald.pid\n  upgrade_sock: {0}/herald.upgrade.sock\n  error_log: {0}/herald.err\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n{1}edge:\n  listen: ['127.0.0.1:{edge}']\n  backends: ['127.0.0.1:{backend}']\n",
+        root.display(),
+        emperor.backend_yaml(backend, metrics, "")
+    );
+    let config = root.join("herald.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let mut daemons = Daemons(Vec::new());
+
+    let (code, out, _) = herald_command(&["status"], &config);
+    assert_eq!(code, 3, "nothing runs yet: {out}");
+    assert!(out.contains("herald is not running"), "{out}");
+    let (code, _, err) = herald_command(&["reload"], &config);
+    assert_eq!(code, 1);
+    assert!(err.contains("start it with `herald -d -c"), "{err}");
+
+    let (code, _, err) = herald_command(&["-d"], &config);
+    assert_eq!(code, 0, "{err}");
+    wait_until("the pid file", STARTUP_DEADLINE, || pid_file.exists());
+    let first = pid_in(&pid_file);
+    daemons.0.push(first);
+    wait_until("herald to serve", STARTUP_DEADLINE, || {
+        TcpStream::connect(("127.0.0.1", edge)).is_ok()
+    });
+    let (code, out, _) = herald_command(&["status"], &config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("herald is running: pid {first}"))
+            && out.contains(&format!("edge on 127.0.0.1:{edge}"))
+            && out.contains(&format!("backend on 127.0.0.1:{backend}")),
+        "{out}"
+    );
+
+    // A reload under keep-alive load: the new process serves, the old one exits, and no
+    // request is lost.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2).map(|_| load(edge, stop.clone())).collect();
+    std::thread::sleep(Duration::from_millis(300)); // the load runs on the first process
+                                                    // A kept-alive connection to the first process, to be used again while it drains.
+    let mut kept = TcpStream::connect(("127.0.0.1", edge)).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let ask = |stream: &mut TcpStream| -> String {
+        stream
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: warm.example\r\n\r\n")
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).unwrap();
+        head
+    };
+    let before = ask(&mut kept);
+    assert!(
+        before.starts_with("http/1.1 200") && !before.contains("connection: close"),
+        "{before}"
+    );
+    let (code, out, err) = herald_command(&["reload"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    let second = pid_in(&pid_file);
+    daemons.0.push(second);
+    assert_ne!(second, first);
+    assert!(
+        out.contains(&format!("herald reloaded: pid {first} -> {second} in ")),
+        "{out}"
+    );
+    // The old process still serves for a few seconds: its answers now close the connection.
+    let draining = ask(&mut kept);
+    assert!(
+        draining.starts_with("http/1.1 200") && draining.contains("connection: close"),
+        "{draining}"
+    );
+    wait_until("the old process to exit", Duration::from_secs(20), || {
+        !alive(first)
+    });
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        let report = client.join().unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(report.answered > 0);
+    }
+
+    // A bad file: nothing is touched.
+    std::fs::write(
+        &config,
+        yaml.replace("listen: ['127.0.0.1", "listen: ['nowhere"),
+    )
+    .unwrap();
+    let (code, _, err) = herald_command(&["reload"], &config);
+    assert_eq!(code, 1);
+    assert!(err.contains("the running herald was not touched"), "{err}");
+    assert!(alive(second));
+    assert_eq!(pid_in(&pid_file), second);
+    assert_eq!(get(edge, "warm.example", "/hello").status, 200);
+    std::fs::write(&config, &yaml).unwrap();
+
+    let (code, out, err) = herald_command(&["stop"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("herald stopped: pid {second}")),
+        "{out}"
+    );
+    assert!(!alive(second));
+    let (code, _, _) = herald_command(&["status"], &config);
+    assert_eq!(code, 3);
+}

@@ -541,6 +541,10 @@ impl ProxyHttp for BackendProxy {
     ) -> Result<()> {
         ctx.request
             .upstream_answered(session, upstream_response, &self.metrics);
+        if crate::draining::is_draining() {
+            // HTTP/1.1: `Connection: close`; the client's next request goes to the new process.
+            session.set_keepalive(None);
+        }
         // nginx passes none of an app's X-Accel-* instructions (X-Accel-Buffering, ...) on.
         let accel: Vec<http::HeaderName> = upstream_response
             .headers

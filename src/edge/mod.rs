@@ -237,6 +237,10 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         ctx.request
             .upstream_answered(session, upstream_response, &self.metrics);
+        if crate::draining::is_draining() {
+            // HTTP/1.1: `Connection: close`; the client's next request goes to the new process.
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
