@@ -144,4 +144,89 @@ fn metrics_are_exposed_and_move_with_requests() {
     );
     // Whole seconds only: a fresh process may show 0.
     assert!(value(&after, "process_cpu_seconds_total", &[]) >= 0.0);
+    // Every metric the shipped dashboard and alerts use is one this process exports.
+    for (file, names) in contrib_metric_names() {
+        assert!(!names.is_empty(), "{file} names no metric");
+        for name in names {
+            assert!(
+                has(&after, &name),
+                "{file} uses {name}, which Herald does not export"
+            );
+        }
+    }
+}
+
+/// The Herald and process metrics each contrib file's queries name, as exposed (a histogram's
+/// `_bucket` series is its base name to the parser; `_count` and `_sum` are their own).
+fn contrib_metric_names() -> Vec<(String, std::collections::BTreeSet<String>)> {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("contrib/grafana/herald.json")).unwrap(),
+    )
+    .unwrap();
+    let mut dashboard_exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            dashboard_exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["definition"].as_str() {
+            dashboard_exprs.push(query.to_owned());
+        }
+    }
+    let alerts: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_path("contrib/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut alert_exprs = Vec::new();
+    for group in alerts["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            alert_exprs.push(rule["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    let names = |exprs: &[String]| {
+        let mut found = std::collections::BTreeSet::new();
+        for expr in exprs {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find(|c: char| c.is_ascii_lowercase()) {
+                rest = &rest[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                let word = &rest[..end];
+                if word.starts_with("herald_") || word.starts_with("process_") {
+                    found.insert(word.strip_suffix("_bucket").unwrap_or(word).to_owned());
+                }
+                rest = &rest[end..];
+            }
+        }
+        found
+    };
+    vec![
+        (
+            "contrib/grafana/herald.json".into(),
+            names(&dashboard_exprs),
+        ),
+        ("contrib/prometheus/alerts.yaml".into(), names(&alert_exprs)),
+    ]
+}
+
+/// `promtool check rules` on the shipped alerts, where promtool is installed
+/// (scripts/install-deps takes it from Debian's prometheus package).
+#[test]
+fn the_shipped_alerts_pass_promtool() {
+    let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(repo_path("contrib/prometheus/alerts.yaml"))
+        .output()
+    else {
+        eprintln!("promtool is not installed: skipped (scripts/install-deps installs it)");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

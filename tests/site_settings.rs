@@ -316,6 +316,31 @@ fn static_files_are_answered_as_nginx_answers_them_and_never_wake_the_app() {
 }
 
 #[test]
+fn static_requests_do_not_keep_an_idle_app_alive() {
+    let site = Site::start(
+        &[(
+            "shop.example",
+            "static:\n  - url: /static/\n    dir: @ROOT@/static\n",
+        )],
+        "  idle_timeout: 2s\n",
+        |root| {
+            static_tree(root);
+        },
+    );
+    assert_eq!(site.get("shop.example", "/hello", &[]).status, 200);
+    assert!(site.emperor.enabled("shop.example").exists(), "started");
+    // From now on only its stylesheet is asked for: the app idles out all the same.
+    wait_until("the idle app stopped", Duration::from_secs(15), || {
+        assert_eq!(
+            site.get("shop.example", "/static/page.html", &[]).status,
+            200
+        );
+        !site.emperor.enabled("shop.example").exists()
+    });
+    assert_eq!(site.starts(), 1.0);
+}
+
+#[test]
 fn nothing_outside_the_mapped_directory_is_ever_served() {
     let site = Site::start(
         &[(
