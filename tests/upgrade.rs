@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 const UPGRADES: usize = 3;
 
-/// One response on a keep-alive connection: `Ok(None)` when the server had closed the
-/// connection before answering (an idle keep-alive connection closed by a server that is
-/// shutting down), which any HTTP client retries on a new connection.
+/// One response on a keep-alive connection, and whether it said `Connection: close`;
+/// `Ok(None)` when the server closed the connection without answering.
 fn exchange(
     stream: &mut BufReader<TcpStream>,
     site: &str,
-) -> std::io::Result<Option<(u16, String)>> {
+) -> std::io::Result<Option<(u16, String, bool)>> {
     let request = format!("GET /hello HTTP/1.1\r\nHost: {site}\r\n\r\n");
     if stream.get_mut().write_all(request.as_bytes()).is_err() {
         return Ok(None);
@@ -40,6 +39,7 @@ fn exchange(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
     let mut length = 0;
+    let mut close = false;
     loop {
         let mut line = String::new();
         if stream.read_line(&mut line)? == 0 {
@@ -52,11 +52,19 @@ fn exchange(
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().unwrap_or(0);
             }
+            if name.eq_ignore_ascii_case("connection") && value.trim().eq_ignore_ascii_case("close")
+            {
+                close = true;
+            }
         }
     }
     let mut body = vec![0; length];
     stream.read_exact(&mut body)?;
-    Ok(Some((status, String::from_utf8_lossy(&body).into_owned())))
+    Ok(Some((
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        close,
+    )))
 }
 
 struct LoadReport {
@@ -64,7 +72,9 @@ struct LoadReport {
     errors: Vec<String>,
 }
 
-/// Keep-alive clients hitting the edge until told to stop (bounded in count and time).
+/// Keep-alive clients hitting the edge until told to stop (bounded in count and time). A
+/// client honours `Connection: close` and otherwise keeps its connection, so a connection
+/// closed under a request is a failure, as it is for clients that do not retry.
 fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadReport> {
     std::thread::spawn(move || {
         let mut report = LoadReport {
@@ -94,18 +104,24 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadReport>
                 },
             };
             match exchange(stream, "warm.example") {
-                Ok(Some((200, _))) => report.answered += 1,
-                Ok(Some((status, body))) => {
+                Ok(Some((200, _, close))) => {
+                    report.answered += 1;
+                    if close {
+                        connection = None;
+                    }
+                }
+                Ok(Some((status, body, _))) => {
                     report
                         .errors
                         .push(format!("status {status} at {:?}: {body}", began.elapsed()));
                     connection = None;
                 }
-                Ok(None) if !fresh => connection = None, // closed while idle: reconnect, resend
                 Ok(None) => {
-                    report
-                        .errors
-                        .push("a new connection was closed unanswered".into());
+                    report.errors.push(format!(
+                        "a {} connection was closed unanswered at {:?}",
+                        if fresh { "new" } else { "kept-alive" },
+                        began.elapsed()
+                    ));
                     connection = None;
                 }
                 Err(e) => {
