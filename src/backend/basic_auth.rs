@@ -88,6 +88,11 @@ impl BasicAuth {
             return Verdict::TooMany(wait);
         }
         let Some(hash) = password.users.get(&user) else {
+            // An unknown user costs a bcrypt check all the same: answering at once would
+            // tell a guesser which user names exist.
+            if let Err(wait) = self.bcrypt(secret, stand_in(password)).await {
+                return Verdict::TooMany(wait);
+            }
             self.failed(client);
             return Verdict::Denied;
         };
@@ -164,6 +169,21 @@ impl BasicAuth {
     }
 }
 
+/// A well-formed bcrypt hash no password matches, at the highest cost among the site's users'
+/// hashes, so checking it takes as long as checking theirs.
+fn stand_in(password: &Password) -> String {
+    use std::str::FromStr;
+    let cost = password
+        .users
+        .values()
+        .filter_map(|hash| bcrypt::HashParts::from_str(hash).ok())
+        .map(|parts| parts.get_cost())
+        .max()
+        .unwrap_or(bcrypt::DEFAULT_COST);
+    // 22 characters of salt and 31 of hash, in bcrypt's alphabet.
+    format!("$2b${cost:02}${}", ".".repeat(53))
+}
+
 /// What a remembered credential's HMAC covers: the site, the user and the password, each
 /// length-prefixed so no two triples read alike.
 fn tag_input(site: &str, user: &str, secret: &str) -> Vec<u8> {
@@ -210,6 +230,24 @@ mod tests {
         Password {
             realm: "staging".into(),
             users: [("ann".to_owned(), hash)].into(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_user_is_checked_against_a_hash_of_the_sites_cost_that_nothing_matches() {
+        let mut password = site_password();
+        password
+            .users
+            .insert("bob".into(), bcrypt::hash("x", 6).unwrap());
+        let stand_in = stand_in(&password);
+        let parts: bcrypt::HashParts = stand_in.parse().expect("well formed");
+        assert_eq!(parts.get_cost(), 6, "the costliest of the site's hashes");
+        for guess in ["", "correct horse", "x", "........"] {
+            assert_eq!(
+                bcrypt::verify(guess, &stand_in).ok(),
+                Some(false),
+                "{guess:?}"
+            );
         }
     }
 
