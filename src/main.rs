@@ -27,6 +27,7 @@ mod request;
 mod request_checks;
 mod site_logs;
 mod site_name;
+mod status;
 mod tls;
 mod websocket;
 
@@ -105,8 +106,9 @@ fn main() -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), config.server);
     server.bootstrap();
     draining::watch(&mut server);
+    status::mark_start();
     if let Some(metrics) = &config.metrics {
-        let mut service = pingora_prometheus::prometheus_http_service();
+        let mut service = status::service(config.edge.is_some(), config.backend.is_some());
         service.add_tcp(&metrics.listen.to_string());
         server.add_service(service);
     }

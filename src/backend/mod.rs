@@ -622,6 +622,7 @@ pub fn add_services(server: &mut Server, config: &BackendConfig) {
         watcher.clone(),
         emperor.clone(),
     ));
+    crate::status::register_starts(starter.clone());
     let proxy = BackendProxy {
         front_door: FrontDoor::new(&config.frontend, !config.gateway.request_buffering),
         sites: sites.clone(),

@@ -93,7 +93,12 @@ pub struct Starter {
     queued: AtomicUsize,
     flights: Mutex<HashMap<String, watch::Receiver<Option<Outcome>>>>,
     failures: Mutex<HashMap<String, (Instant, StartFailure)>>,
+    /// The last starts, newest last, for the status page.
+    recent: Mutex<std::collections::VecDeque<crate::status::StartRecord>>,
 }
+
+/// How many starts the status page lists.
+const RECENT_STARTS: usize = 20;
 
 impl Starter {
     pub fn new(
@@ -117,6 +122,7 @@ impl Starter {
             queued: AtomicUsize::new(0),
             flights: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -177,6 +183,17 @@ impl Starter {
             site,
             "the app failed to start: it closed its first request unanswered (it probably could not load; its uWSGI log says why)",
         );
+        // Its socket answered, so the start was recorded as ok: it was not.
+        if let Some(last) = self
+            .recent
+            .lock()
+            .expect("recent lock")
+            .iter_mut()
+            .rev()
+            .find(|record| record.site == site)
+        {
+            last.result = StartError::Broken.result();
+        }
         self.remember_failure(
             site,
             StartFailure {
@@ -200,6 +217,19 @@ impl Starter {
         })
     }
 
+    fn record(&self, site: &str, error: Option<StartError>, took: Duration) {
+        let mut recent = self.recent.lock().expect("recent lock");
+        if recent.len() == RECENT_STARTS {
+            recent.pop_front();
+        }
+        recent.push_back(crate::status::StartRecord {
+            site: site.to_owned(),
+            result: error.map_or("ok", StartError::result),
+            took,
+            at: std::time::SystemTime::now(),
+        });
+    }
+
     fn remember_failure(&self, site: &str, failure: StartFailure) {
         let mut failures = self.failures.lock().expect("failures lock");
         // Forget expired entries here rather than in a task of their own.
@@ -220,6 +250,11 @@ impl Starter {
         };
         let elapsed = began.elapsed();
         let ms = elapsed.as_millis();
+        self.record(
+            site,
+            result.as_ref().err().map(|(error, _)| *error),
+            elapsed,
+        );
         match result {
             Ok(()) => {
                 info!("start {site}: ok in {ms} ms");
@@ -416,4 +451,36 @@ async fn wait_until_gone(socket: &str, deadline: Instant) -> Result<(), StartErr
         pause = (pause * 2).min(Duration::from_millis(20));
     }
     Ok(())
+}
+
+impl crate::status::Starts for Starter {
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    fn broken(&self) -> Vec<(String, &'static str, Duration)> {
+        let failures = self.failures.lock().expect("failures lock");
+        let mut broken: Vec<_> = failures
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() < self.retry_after)
+            .map(|(site, (at, failure))| {
+                (
+                    site.clone(),
+                    failure.error.result(),
+                    self.retry_after.saturating_sub(at.elapsed()),
+                )
+            })
+            .collect();
+        broken.sort();
+        broken
+    }
+
+    fn recent(&self) -> Vec<crate::status::StartRecord> {
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
 }

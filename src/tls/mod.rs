@@ -32,6 +32,7 @@ pub fn listen<A>(
     let resolver = Arc::new(SniResolver::new(store.index()));
     let summary = store.summary();
     publish(summary);
+    crate::status::set_certificates(store.soonest(crate::status::CERTIFICATES_LISTED));
     info!(
         "edge: TLS on {:?}, {} certificates{}",
         config.listen,

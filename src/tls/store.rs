@@ -394,6 +394,22 @@ impl CertStore {
         )
     }
 
+    /// The `n` pairs served that expire first: their first name and notAfter.
+    pub fn soonest(&self, n: usize) -> Vec<(String, i64)> {
+        let mut pairs: Vec<(String, i64)> = self
+            .served()
+            .map(|(_, pair)| {
+                (
+                    pair.names.first().cloned().unwrap_or_default(),
+                    pair.not_after,
+                )
+            })
+            .collect();
+        pairs.sort_by_key(|(name, not_after)| (*not_after, name.clone()));
+        pairs.truncate(n);
+        pairs
+    }
+
     pub fn summary(&self) -> Summary {
         Summary {
             loaded: self.served().count(),

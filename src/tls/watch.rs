@@ -158,6 +158,9 @@ impl CertWatcher {
             let mut store = store.lock().expect("certificate store lock");
             let (events, linked) = work(&mut store);
             let update = (!events.is_empty()).then(|| (store.index(), store.summary()));
+            if update.is_some() {
+                crate::status::set_certificates(store.soonest(crate::status::CERTIFICATES_LISTED));
+            }
             (events, update, linked)
         })
         .await;
