@@ -138,6 +138,8 @@ pub fn snapshot(edge: bool, backend: bool) -> Value {
         let starts = STARTS.get();
         status["backend"] = json!({
             "apps_enabled": total(&families, "herald_apps_enabled") as u64,
+            // The emperor's own count, with `emperor_stats` (0 without).
+            "apps_running": total(&families, "herald_apps_running") as u64,
             "apps_starting": total(&families, "herald_app_starts_in_progress") as u64,
             "starts_queued": starts.map_or(0, |s| s.queued()),
             "evictions": total(&families, "herald_app_evictions_total") as u64,
@@ -255,8 +257,9 @@ pub fn html(status: &Value) -> String {
     }
     if let Some(backend) = status.get("backend") {
         body.push_str(&format!(
-            "<h2>Backend</h2>\n<p>Apps enabled: <span data-field=\"apps_enabled\">{}</span>; starting: <span data-field=\"apps_starting\">{}</span>; starts queued: <span data-field=\"starts_queued\">{}</span>; evictions: <span data-field=\"evictions\">{}</span>; idle stops: <span data-field=\"idle_stops\">{}</span>. Starts: <span data-field=\"starts\">{}</span>.</p>\n",
+            "<h2>Backend</h2>\n<p>Apps enabled: <span data-field=\"apps_enabled\">{}</span>; running (the emperor's count, with emperor_stats): <span data-field=\"apps_running\">{}</span>; starting: <span data-field=\"apps_starting\">{}</span>; starts queued: <span data-field=\"starts_queued\">{}</span>; evictions: <span data-field=\"evictions\">{}</span>; idle stops: <span data-field=\"idle_stops\">{}</span>. Starts: <span data-field=\"starts\">{}</span>.</p>\n",
             number(&backend["apps_enabled"]),
+            number(&backend["apps_running"]),
             number(&backend["apps_starting"]),
             number(&backend["starts_queued"]),
             number(&backend["evictions"]),

@@ -175,6 +175,7 @@ fn the_status_page_shows_what_happened() {
     }
     for name in [
         "apps_enabled",
+        "apps_running",
         "starts_queued",
         "evictions",
         "idle_stops",
