@@ -1041,6 +1041,15 @@ def with_block(text, block):
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def save_raw(raw, prefix):
+    """A run's raw numbers in a temporary file, kept before anything else is made of them, so a
+    report that fails loses no run."""
+    path = os.path.join(tempfile.gettempdir(), "%s-raw-%d.json" % (prefix, os.getpid()))
+    with open(path, "w") as f:
+        json.dump(raw, f)
+    print("raw numbers in", path, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -1063,11 +1072,7 @@ def main():
         raw = bench.run()
     finally:
         bench.stop_all()
-    # Kept before anything else is made of it, so a report that fails loses no run.
-    raw_path = os.path.join(tempfile.gettempdir(), "herald-bench-raw-%d.json" % os.getpid())
-    with open(raw_path, "w") as f:
-        json.dump(raw, f)
-    print("raw numbers in", raw_path, flush=True)
+    save_raw(raw, "herald-bench")
     med = summarize(raw)
     # A report written elsewhere (a trial run) leaves the committed chart alone.
     output = os.path.abspath(args.output)

@@ -831,11 +831,7 @@ def main():
         run.stop_all()
     raw.update({"date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - began, "load": [load, os.getloadavg()[0]],
                 "versions": versions(), "args": {k: v for k, v in vars(args).items() if k not in ("output", "keep", "scale")}})
-    # Kept before anything else is made of it, so a report that fails loses no run.
-    raw_path = os.path.join(tempfile.gettempdir(), "herald-scale-raw-%d.json" % os.getpid())
-    with open(raw_path, "w") as f:
-        json.dump(raw, f)
-    print("raw numbers in", raw_path, flush=True)
+    bench.save_raw(raw, "herald-scale")
     med = summarize(raw)
     block = report(raw, med, args)
     previous = open(args.output).read() if os.path.exists(args.output) else ""

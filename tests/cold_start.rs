@@ -105,16 +105,6 @@ fn sha256_hex(data: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn broken_app(root: &Path) -> std::path::PathBuf {
-    let app = root.join("broken_app.py");
-    fs::write(
-        &app,
-        "raise RuntimeError('this app is broken on purpose')\n",
-    )
-    .unwrap();
-    app
-}
-
 #[test]
 fn a_cold_site_answers_its_first_request_and_a_large_post_arrives_intact() {
     let backend = Backend::start(&["cold.example", "post.example"], "");

@@ -91,28 +91,7 @@ fn vassal(emperor: &Emperor, site: &Site) -> String {
 /// A self-signed certificate for the edge's and nginx's TLS listeners.
 fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     let (crt, key) = (dir.join("edge.crt"), dir.join("edge.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-subj", "/CN=gateway-test", "-days", "2"])
-        .args(["-addext", "subjectAltName=DNS:alpha.example,DNS:up.example"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    self_signed(&crt, &key, &["alpha.example", "up.example"], 2);
     (crt, key)
 }
 

@@ -689,8 +689,7 @@ fn each_site_has_its_own_access_and_error_log() {
     });
     assert_eq!(read("one.example/error.log"), "");
     // An app that cannot start: its owner reads why in the site's error log.
-    let app = site.root().join("broken_app.py");
-    fs::write(&app, "raise RuntimeError('broken on purpose')\n").unwrap();
+    let app = broken_app(site.root());
     fs::create_dir_all(logs.join("broken.example")).unwrap();
     site.emperor
         .add_site("broken.example", &site.emperor.vassal(&app, ""));

@@ -51,29 +51,16 @@ fn the_status_page_shows_what_happened() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let emperor = Emperor::start(root, &["warm.example"], &["cold.example"]);
-    let broken = root.join("broken_app.py");
-    std::fs::write(&broken, "raise RuntimeError('broken on purpose')\n").unwrap();
+    let broken = broken_app(root);
     emperor.add_site("broken.example", &emperor.vassal(&broken, ""));
     let certs = root.join("certs");
     std::fs::create_dir(&certs).unwrap();
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "3", "-subj", "/CN=soon"])
-        .args(["-addext", "subjectAltName=DNS:soon.example"])
-        .arg("-keyout")
-        .arg(certs.join("soon.key"))
-        .arg("-out")
-        .arg(certs.join("soon.crt"))
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    self_signed(
+        &certs.join("soon.crt"),
+        &certs.join("soon.key"),
+        &["soon.example"],
+        3,
+    );
     let (edge, tls, backend, metrics, nowhere) = (
         free_port(),
         free_port(),

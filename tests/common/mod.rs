@@ -43,6 +43,45 @@ pub fn free_port() -> u16 {
 }
 
 /// A process's CPU time so far (user + system), in clock ticks.
+/// An app that fails to import, as a site owner's broken code does.
+pub fn broken_app(root: &Path) -> PathBuf {
+    let app = root.join("broken_app.py");
+    fs::write(
+        &app,
+        "raise RuntimeError('this app is broken on purpose')\n",
+    )
+    .unwrap();
+    app
+}
+
+/// A self-signed ECDSA P-256 pair for `names`, valid `days`, made by the openssl command line.
+pub fn self_signed(crt: &Path, key: &Path, names: &[&str], days: u32) {
+    let san: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-subj", &format!("/CN={}", names[0])])
+        .args(["-days", &days.to_string()])
+        .args(["-addext", &format!("subjectAltName={}", san.join(","))])
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(crt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn cpu_ticks(pid: i32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // The fields after the command name, which is in parentheses and may hold spaces.

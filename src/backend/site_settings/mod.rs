@@ -110,12 +110,14 @@ impl SettingsStore {
     /// The settings in force for `site`.
     pub fn get(&self, site: &str) -> Result<Arc<SiteSettings>, Broken> {
         let now = Instant::now();
-        let known = self.entries.get(site).map(|entry| entry.clone());
-        if let Some(entry) = &known {
+        // The common case, checked within the last second: one Arc cloned under the shard's
+        // read lock, nothing else (the whole entry holds the htpasswd path).
+        if let Some(entry) = self.entries.get(site) {
             if now.duration_since(entry.checked) < RECHECK {
                 return entry.good.clone().ok_or(Broken);
             }
         }
+        let known = self.entries.get(site).map(|entry| entry.clone());
         let path = self.file_of(site);
         let htpasswd = known.as_ref().and_then(|entry| entry.htpasswd.clone());
         let versions = Versions {
