@@ -40,8 +40,11 @@ pub struct FrontDoor {
 /// opens a WebSocket.
 pub struct Admitted {
     pub site: String,
-    /// The browser's address: the peer's, or what a trusted proxy said.
-    pub client: Option<std::net::IpAddr>,
+    /// The browser's connection: the peer's, or what a trusted proxy said. Worked out once
+    /// here and kept for the request (the site gate and the upstream headers read it).
+    pub origin: Origin,
+    /// Whether the peer is one of `trusted_proxies`.
+    pub trusted: bool,
     pub client_slot: Option<ClientSlot>,
     pub websocket: bool,
 }
@@ -77,11 +80,6 @@ impl FrontDoor {
     pub fn is_trusted(&self, session: &Session) -> bool {
         forwarding::client_ip(session)
             .is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(ip)))
-    }
-
-    /// The browser's connection, as this hop knows it: its own, or a trusted proxy's word.
-    pub fn origin(&self, session: &Session) -> Origin {
-        Origin::of_request(session, self.is_trusted(session))
     }
 
     /// The first look at a request, as soon as its header is in and before anything is done
@@ -203,8 +201,9 @@ impl FrontDoor {
             self.pages.send(session, &pages::HEALTHY).await?;
             return Ok(None);
         }
-        let client = self.origin(session).client_ip;
-        let client_slot = match (&self.per_client, client) {
+        let trusted = self.is_trusted(session);
+        let origin = Origin::of_request(session, trusted);
+        let client_slot = match (&self.per_client, origin.client_ip) {
             (Some(limiter), Some(ip)) => match ClientLimiter::try_enter(limiter, ip) {
                 Some(slot) => Some(slot),
                 None => {
@@ -222,7 +221,8 @@ impl FrontDoor {
         }
         Ok(Some(Admitted {
             site,
-            client,
+            origin,
+            trusted,
             client_slot,
             websocket,
         }))

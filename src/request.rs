@@ -2,6 +2,7 @@
 
 use crate::access_log::{self, AccessLog, Facts};
 use crate::forwarding;
+use crate::frontdoor::Admitted;
 use crate::metrics::{InProgress, OpenWebSocket, RoleMetrics};
 use crate::per_client::ClientSlot;
 use pingora::http::ResponseHeader;
@@ -14,6 +15,10 @@ pub struct RequestState {
     pub site: String,
     /// The browser's address, once admitted (until then, the peer's).
     pub client: Option<std::net::IpAddr>,
+    /// The browser's connection as the front door worked it out (default until admitted).
+    pub origin: forwarding::Origin,
+    /// Whether the peer is a trusted proxy (set when admitted).
+    pub trusted: bool,
     pub body_received: u64,
     /// Held until the request ends (max_connections_per_client).
     pub client_slot: Option<ClientSlot>,
@@ -38,6 +43,8 @@ impl RequestState {
             started: Instant::now(),
             site: String::new(),
             client: None,
+            origin: forwarding::Origin::default(),
+            trusted: false,
             body_received: 0,
             client_slot: None,
             request_id: String::new(),
@@ -46,6 +53,16 @@ impl RequestState {
             upstream_began: None,
             upstream_time: None,
         }
+    }
+
+    /// What the front door found out about an admitted request, kept for its later phases.
+    pub fn admitted(&mut self, admitted: Admitted) {
+        self.site = admitted.site;
+        self.client = admitted.origin.client_ip;
+        self.origin = admitted.origin;
+        self.trusted = admitted.trusted;
+        self.client_slot = admitted.client_slot;
+        self.websocket = admitted.websocket;
     }
 
     /// Takes the id a trusted hop gave the request, or makes a new one.

@@ -28,7 +28,7 @@ pub mod vassal;
 
 use crate::access_log::AccessLog;
 use crate::config::{AppProtocol, BackendConfig, UpstreamTimeouts};
-use crate::forwarding::{self, Origin};
+use crate::forwarding;
 use crate::frontdoor::{self, FrontDoor};
 use crate::listener;
 use crate::metrics::{self, RoleMetrics};
@@ -254,21 +254,16 @@ impl ProxyHttp for BackendProxy {
         let Some(admitted) = self.front_door.admit(session).await? else {
             return Ok(true);
         };
-        ctx.request.client = admitted.client;
-        ctx.request.client_slot = admitted.client_slot;
-        ctx.request.websocket = admitted.websocket;
+        ctx.request.admitted(admitted);
         // The edge's id, so its log line and this one can be matched.
-        ctx.request
-            .identify(session, self.front_door.is_trusted(session));
-        let site = admitted.site;
-        let Some(known) = self.sites.lookup(&site) else {
+        ctx.request.identify(session, ctx.request.trusted);
+        let Some(known) = self.sites.lookup(&ctx.request.site) else {
             self.front_door
                 .pages()
                 .send(session, &pages::UNKNOWN_SITE)
                 .await?;
             return Ok(true);
         };
-        ctx.request.site = site;
         if let Some(max) = self.front_door.refuse_declared_body(session).await? {
             log_body_too_large(session, &ctx.request.site, max);
             return Ok(true);
@@ -391,9 +386,8 @@ impl ProxyHttp for BackendProxy {
         forwarding::strip_expect(upstream_request);
         upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
         // Only a trusted hop (the edge) may tell the app who the client is.
-        let trusted = self.front_door.is_trusted(session);
-        let origin = Origin::of_request(session, trusted);
-        if !(trusted && forwarding::has_forwarding_headers(upstream_request)) {
+        let origin = ctx.request.origin;
+        if !(ctx.request.trusted && forwarding::has_forwarding_headers(upstream_request)) {
             forwarding::replace_forwarding_headers(upstream_request, &origin)?;
         }
         let exchange = ctx.exchange.as_ref().expect("set with the peer");

@@ -30,7 +30,7 @@ impl BackendProxy {
             pages.send_disabled(session, reason).await?;
             return Ok(Gate::Answered);
         }
-        let https = self.front_door.origin(session).https;
+        let https = ctx.request.origin.https;
         if settings.force_https && !https {
             let method = &session.req_header().method;
             // 308 keeps the method and body, which a 301 lets clients change to GET.

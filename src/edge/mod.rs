@@ -95,10 +95,7 @@ impl ProxyHttp for EdgeProxy {
             Some(admitted) => {
                 // The outermost hop: an id the client made up is not kept.
                 ctx.request.identify(session, false);
-                ctx.request.site = admitted.site;
-                ctx.request.client = admitted.client;
-                ctx.request.client_slot = admitted.client_slot;
-                ctx.request.websocket = admitted.websocket;
+                ctx.request.admitted(admitted);
                 self.front_door.send_continue_if_expected(session).await?;
                 Ok(false)
             }
@@ -139,7 +136,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut EdgeCtx,
     ) -> Result<()> {
@@ -149,7 +146,7 @@ impl ProxyHttp for EdgeProxy {
         // Nothing the client says about itself or earlier hops is kept; only the operator's
         // own load balancer (`edge.trusted_proxies`) may say who the client is. The backend
         // builds the app's environ (REMOTE_ADDR, REMOTE_PORT, SERVER_PORT, HTTPS) from this.
-        forwarding::replace_forwarding_headers(upstream_request, &self.front_door.origin(session))
+        forwarding::replace_forwarding_headers(upstream_request, &ctx.request.origin)
     }
 
     /// Nothing reached the backend: the next backend on the ring gets the request. A backend
