@@ -72,6 +72,8 @@ pub struct HandshakeLimit {
     pub refused: IntCounter,
     pub timeout: Duration,
     pub handshakes: Arc<Handshakes>,
+    /// Run next, within the same deadline (on-demand certificates read the ClientHello).
+    pub then: Option<Arc<dyn PreTlsProcess>>,
 }
 
 #[async_trait]
@@ -118,7 +120,10 @@ impl PreTlsProcess for HandshakeLimit {
                 handshake,
             }),
         })));
-        Ok(())
+        match &self.then {
+            Some(next) => next.process(stream).await,
+            None => Ok(()),
+        }
     }
 }
 

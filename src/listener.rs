@@ -165,12 +165,17 @@ pub struct ConnectionLimit<A> {
 impl<A> ConnectionLimit<A> {
     /// The same limits for TLS connections from their accept, sharing the per-client counts,
     /// with their handshakes bounded by `timeout` (for Pingora's pre-TLS callback).
-    pub fn handshake_limit(&self, timeout: Duration) -> HandshakeLimit {
+    pub fn handshake_limit(
+        &self,
+        timeout: Duration,
+        then: Option<Arc<dyn pingora::listeners::PreTlsProcess>>,
+    ) -> HandshakeLimit {
         HandshakeLimit {
             per_client: self.per_client.clone(),
             refused: self.refused.clone(),
             timeout,
             handshakes: self.handshakes.clone(),
+            then,
         }
     }
 }

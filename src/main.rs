@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 mod access_log;
+mod acme;
 mod backend;
 mod cidr;
 mod cli;
@@ -79,6 +80,21 @@ fn main() -> ExitCode {
     if cli.test {
         for warning in &config.warnings {
             eprintln!("{}", logging::printable(warning));
+        }
+        // An edge starts (and serves what it has) while its ACME storage is down: a warning.
+        let acme = config
+            .edge
+            .as_ref()
+            .and_then(|edge| edge.tls.as_ref()?.acme.as_ref());
+        if let Some(acme) = acme {
+            if let Err(e) = acme::storage::check_now(&acme.storage) {
+                let warning = format!(
+                    "{}: edge.tls.acme.storage: warning: not reachable now ({e}); the edge will \
+                     serve what it has and order nothing until it is",
+                    cli.conf
+                );
+                eprintln!("{}", logging::printable(&warning));
+            }
         }
         // One site's bad settings never stop the others (nor a reload): warnings.
         if let Some(backend) = &config.backend {

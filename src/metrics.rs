@@ -546,3 +546,88 @@ pub fn refused_connections(role: &str) -> IntCounter {
 pub fn header_timeouts(role: &str) -> IntCounter {
     CLIENT_HEADER_TIMEOUTS.with_label_values(&[role])
 }
+
+static ACME_ORDERS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_acme_orders_total",
+        "ACME orders this edge made, by result (issued, failed)",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+static ACME_QUEUED: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_acme_orders_queued",
+        "Approved names waiting for their turn to be ordered (max_orders_per_hour)"
+    )
+    .expect("metric registers once")
+});
+
+static ACME_CERTIFICATES: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_acme_certificates",
+        "Certificates this edge serves from ACME storage"
+    )
+    .expect("metric registers once")
+});
+
+static ACME_SOONEST_RENEWAL: Lazy<IntGauge> = Lazy::new(|| {
+    register_int_gauge!(
+        "herald_acme_soonest_renewal_timestamp_seconds",
+        "When the next ACME certificate is due for renewal (0: none)"
+    )
+    .expect("metric registers once")
+});
+
+static ACME_ASK: Lazy<IntCounterVec> = Lazy::new(|| {
+    register_int_counter_vec!(
+        "herald_acme_ask_total",
+        "Answers of the ask endpoint, by answer (allowed, denied, error)",
+        &["answer"]
+    )
+    .expect("metric registers once")
+});
+
+static ACME_STORAGE_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    register_int_counter!(
+        "herald_acme_storage_errors_total",
+        "Failed calls to ACME storage (Redis or the directory)"
+    )
+    .expect("metric registers once")
+});
+
+/// The ACME series exist (at zero) from the start, so dashboards and alerts see them.
+pub fn acme_enabled() {
+    for result in ["issued", "failed"] {
+        ACME_ORDERS.with_label_values(&[result]);
+    }
+    for answer in ["allowed", "denied", "error"] {
+        ACME_ASK.with_label_values(&[answer]);
+    }
+    Lazy::force(&ACME_QUEUED);
+    Lazy::force(&ACME_CERTIFICATES);
+    Lazy::force(&ACME_SOONEST_RENEWAL);
+    Lazy::force(&ACME_STORAGE_ERRORS);
+}
+
+pub fn acme_order(result: &str) {
+    ACME_ORDERS.with_label_values(&[result]).inc();
+}
+
+pub fn acme_queued(delta: i64) {
+    ACME_QUEUED.add(delta);
+}
+
+pub fn acme_certificates(count: usize, soonest_renewal: Option<i64>) {
+    ACME_CERTIFICATES.set(i64::try_from(count).unwrap_or(i64::MAX));
+    ACME_SOONEST_RENEWAL.set(soonest_renewal.unwrap_or(0));
+}
+
+pub fn acme_ask(answer: &str) {
+    ACME_ASK.with_label_values(&[answer]).inc();
+}
+
+pub fn acme_storage_error() {
+    ACME_STORAGE_ERRORS.inc();
+}

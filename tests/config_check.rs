@@ -222,3 +222,75 @@ fn help_documents_the_flags() {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 }
+
+/// `edge.tls.acme`: every field that can be checked offline is an error naming it; storage
+/// that does not answer now is a warning (an edge starts without it).
+#[test]
+fn acme_section_is_checked_and_unreachable_storage_is_a_warning() {
+    let root = tempfile::tempdir().unwrap();
+    let (crt, key) = (root.path().join("d.crt"), root.path().join("d.key"));
+    self_signed(&crt, &key, &["default.example"], 30);
+    let edge = |acme: &str| {
+        format!(
+            "edge:\n  listen: ['127.0.0.1:8080']\n  backends: [10.0.0.1:80]\n  tls:\n    listen: ['127.0.0.1:8443']\n    default_cert: {}\n    default_key: {}\n    acme:\n{acme}",
+            crt.display(),
+            key.display()
+        )
+    };
+    let bad = root.path().join("bad-acme.yaml");
+    fs::write(
+        &bad,
+        edge("      directory: http://acme.example/dir\n      contact: ops@example.com\n      ask: https://127.0.0.1:9000/allowed\n      storage: var/acme\n      ca_roots: /nonexistent/ca.pem\n      wait: 90s\n      max_orders_per_hour: 0\n      queue: 0\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check(&bad);
+    assert_eq!(code, 1, "accepted: {stdout}");
+    for field in [
+        "edge.tls.acme.directory: \"http://acme.example/dir\" must be the ACME server's https:// directory URL",
+        "edge.tls.acme.contact: \"ops@example.com\" must be a mailto: address",
+        "edge.tls.acme.ask: \"https://127.0.0.1:9000/allowed\" must be an http:// URL",
+        "edge.tls.acme.storage: \"var/acme\" must be redis://HOST:PORT/DB",
+        "edge.tls.acme.ca_roots: /nonexistent/ca.pem: cannot read it",
+        "edge.tls.acme.wait: 90s must be shorter than edge.tls.ssl_handshake_timeout",
+        "edge.tls.acme.max_orders_per_hour: must be at least 1",
+        "edge.tls.acme.queue: must be at least 1",
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l == format!("{}: {field}", bad.display()) || l.starts_with(&format!("{}: {field}", bad.display()))),
+            "no {field:?} in:\n{stderr}"
+        );
+    }
+    // Nothing listens on this port: the configuration is fine, the storage is not there now.
+    let port = free_port();
+    let unreachable = root.path().join("redis-down.yaml");
+    fs::write(
+        &unreachable,
+        edge(&format!("      directory: https://127.0.0.1:14000/dir\n      contact: mailto:ops@example.com\n      ask: http://127.0.0.1:9000/allowed\n      storage: redis://127.0.0.1:{port}/0\n")),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check(&unreachable);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: edge.tls.acme.storage: warning: not reachable now",
+            unreachable.display()
+        )),
+        "{stderr}"
+    );
+    let directory = root.path().join("acme-dir.yaml");
+    fs::write(
+        &directory,
+        edge(&format!("      directory: https://127.0.0.1:14000/dir\n      ask: http://127.0.0.1:9000/allowed\n      storage: {}/acme\n", root.path().display())),
+    )
+    .unwrap();
+    let (code, _, stderr) = check(&directory);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("does not exist yet; it is made at start"),
+        "{stderr}"
+    );
+    assert!(!root.path().join("acme").exists(), "-t made the directory");
+}

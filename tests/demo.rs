@@ -36,7 +36,11 @@ fn demo_routes_its_sample_sites_and_stops_cleanly() {
         "HTTP/1.1 401 Unauthorized",
         "Basic realm=\"Herald demo\"",
         "Hello from private.localhost",
-        "herald_requests_total{code=\"2xx\",role=\"edge\"} 8",
+        // A custom domain: its certificate ordered on its first handshake, from Pebble.
+        "Hello from www.custom.test",
+        "herald_acme_orders_total{result=\"issued\"} 1",
+        // (The edge answered Pebble's validation requests too: counted there, not here.)
+        "herald_requests_total{code=\"2xx\",role=\"backend\"} 9",
     ] {
         assert!(
             stdout.contains(expected),

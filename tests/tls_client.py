@@ -1,12 +1,13 @@
 """A TLS client for tests/tls.rs, on Python's ssl module (OpenSSL).
 
-    python3 tls_client.py PORT [--sni NAME] [--ca FILE] [--tls 1.1|1.2|1.3] [--alpn P,P]
-                               [--get PATH --host HOST] [--h2-idle SECONDS]
+    python3 tls_client.py PORT [--addr IP] [--sni NAME] [--ca FILE] [--tls 1.1|1.2|1.3]
+                               [--alpn P,P] [--get PATH --host HOST] [--h2-idle SECONDS]
                                [--websocket COUNT --host HOST]
 
-Connects to 127.0.0.1:PORT, sending NAME as SNI (no SNI without --sni), and prints one JSON
-object: the handshake's outcome (the negotiated version and ALPN protocol, and the common name
-of the certificate the server chose, checked against the CA), then, with --get, the HTTP/1.1
+Connects to IP:PORT (127.0.0.1 without --addr), sending NAME as SNI (no SNI without --sni), and
+prints one JSON object: the handshake's outcome (the negotiated version and ALPN protocol, and
+the certificate the server chose, checked against the CA: its common name, DNS names, serial
+number and validity in seconds since the epoch), then, with --get, the HTTP/1.1
 answer to `GET PATH` with `Host: HOST`. With --h2-idle, it speaks the HTTP/2 preface and
 SETTINGS and then waits, up to SECONDS, for the server to close the idle connection. With
 --websocket, it opens a WebSocket to `/ws/environ` on HOST (the echo app, demo/ws_echo.py),
@@ -35,6 +36,7 @@ EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
+    parser.add_argument("--addr", default="127.0.0.1")
     parser.add_argument("--sni")
     parser.add_argument("--ca")
     parser.add_argument("--tls", choices=sorted(VERSIONS))
@@ -63,7 +65,7 @@ def main():
 
     result = {}
     try:
-        raw = socket.create_connection(("127.0.0.1", args.port), timeout=30)
+        raw = socket.create_connection((args.addr, args.port), timeout=30)
         conn = context.wrap_socket(raw, server_hostname=args.sni)
     except (ssl.SSLError, OSError) as e:
         result["error"] = "%s: %s" % (type(e).__name__, e)
@@ -75,6 +77,10 @@ def main():
     if cert:
         subject = dict(pair for rdn in cert["subject"] for pair in rdn)
         result["cn"] = subject.get("commonName")
+        result["san"] = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+        result["serial"] = cert.get("serialNumber")
+        result["not_before"] = int(ssl.cert_time_to_seconds(cert["notBefore"]))
+        result["not_after"] = int(ssl.cert_time_to_seconds(cert["notAfter"]))
     if args.get:
         request = "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (args.get, args.host)
         conn.sendall(request.encode())

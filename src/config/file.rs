@@ -50,6 +50,21 @@ pub struct TlsSection {
     pub default_cert: Option<String>,
     pub default_key: Option<String>,
     pub ssl_handshake_timeout: Option<Scalar>,
+    pub acme: Option<AcmeSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    pub directory: String,
+    pub contact: Option<String>,
+    pub ask: String,
+    pub storage: String,
+    pub ca_roots: Option<String>,
+    pub wait: Option<Scalar>,
+    pub max_orders_per_hour: Option<u32>,
+    pub queue: Option<usize>,
+    pub sync_interval: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -123,6 +123,36 @@ pub struct TlsConfig {
     pub certificates: crate::tls::store::CertStore,
     /// From the accept to the end of the handshake (nginx's `ssl_handshake_timeout`).
     pub handshake_timeout: Duration,
+    /// Certificates ordered on demand (`edge.tls.acme`).
+    pub acme: Option<AcmeConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The ACME server's directory URL (https).
+    pub directory: String,
+    /// `mailto:` addresses for the account, if any.
+    pub contact: Vec<String>,
+    /// `GET ask?domain=NAME`: 200 approves ordering a certificate for NAME.
+    pub ask: http::Uri,
+    pub storage: AcmeStorage,
+    /// PEM roots trusted for the ACME server beside the system's.
+    pub ca_roots: Option<PathBuf>,
+    /// How long a handshake for a name being ordered waits for its certificate.
+    pub wait: Duration,
+    pub max_orders_per_hour: u32,
+    /// Orders waiting for their turn, at most.
+    pub queue: usize,
+    /// How often each edge looks for certificates other edges stored.
+    pub sync_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcmeStorage {
+    /// `redis://host:port/db`: shared by every edge.
+    Redis(String),
+    /// A directory only Herald can read: one edge.
+    Directory(PathBuf),
 }
 
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ pub mod health;
 pub mod placement;
 
 use crate::access_log::AccessLog;
+use crate::acme::{self, OnDemand};
 use crate::config::{EdgeConfig, UpstreamTimeouts};
 use crate::forwarding;
 use crate::frontdoor::{self, FrontDoor};
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use backends::BackendList;
 use bytes::Bytes;
 use health::ObservedHealthCheck;
-use log::info;
+use log::{error, info};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
@@ -36,6 +37,9 @@ pub struct EdgeProxy {
     metrics: RoleMetrics,
     backend_requests: metrics::BackendRequests,
     access_log: AccessLog,
+    /// Certificates ordered on demand (`edge.tls.acme`): HTTP-01 answers, and orders started
+    /// by plain-HTTP requests.
+    on_demand: Option<Arc<OnDemand>>,
 }
 
 pub struct EdgeCtx {
@@ -82,6 +86,11 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EdgeCtx) -> Result<bool> {
+        if let Some(on_demand) = &self.on_demand {
+            if answer_acme_challenge(on_demand, session).await? {
+                return Ok(true);
+            }
+        }
         match self.front_door.admit(session).await? {
             Some(_)
                 if self
@@ -96,6 +105,9 @@ impl ProxyHttp for EdgeProxy {
                 // The outermost hop: an id the client made up is not kept.
                 ctx.request.identify(session, false);
                 ctx.request.admitted(admitted);
+                if let (Some(on_demand), false) = (&self.on_demand, ctx.request.origin.https) {
+                    on_demand.trigger(&ctx.request.site);
+                }
                 self.front_door.send_continue_if_expected(session).await?;
                 Ok(false)
             }
@@ -257,6 +269,35 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
+/// An ACME server's HTTP-01 validation request, answered from storage before any routing
+/// (the Host is the name being validated). A token Herald does not know goes on to the site,
+/// which may run an ACME client of its own. Whether it was answered here.
+async fn answer_acme_challenge(on_demand: &OnDemand, session: &mut Session) -> Result<bool> {
+    let Some(token) = session
+        .req_header()
+        .uri
+        .path()
+        .strip_prefix(acme::CHALLENGE_PATH)
+        .map(str::to_owned)
+    else {
+        return Ok(false);
+    };
+    let Some(answer) = on_demand.challenge(&token).await else {
+        return Ok(false);
+    };
+    let mut header = ResponseHeader::build(200, Some(3))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/octet-stream")?;
+    header.insert_header(http::header::CONTENT_LENGTH, answer.len())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(answer)), true)
+        .await?;
+    Ok(true)
+}
+
 /// Adds the edge proxy, and the balancer it reads from (backend list and health checks), to
 /// `server`.
 pub fn add_services(server: &mut Server, config: &EdgeConfig) {
@@ -281,7 +322,28 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
         config.health_check.interval,
         config.frontend.listen
     );
+    let acme = config
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.acme.as_ref())
+        .map(|acme_config| {
+            acme::Acme::new(acme_config).unwrap_or_else(|e| {
+                // Checked by the configuration already, but the storage directory, say, may
+                // have gone since.
+                error!("edge.tls.acme: {e}");
+                std::process::exit(1)
+            })
+        });
+    let resolver = config
+        .tls
+        .as_ref()
+        .map(|tls| crate::tls::resolver(tls, acme.clone()));
+    let on_demand = acme
+        .clone()
+        .zip(resolver.clone())
+        .map(|(acme, resolver)| Arc::new(OnDemand::new(acme, resolver)));
     let proxy = EdgeProxy {
+        on_demand: on_demand.clone(),
         front_door: FrontDoor::new(&config.frontend, false),
         placement: placement.clone(),
         upstream: config.upstream,
@@ -296,16 +358,26 @@ pub fn add_services(server: &mut Server, config: &EdgeConfig) {
     for addr in &config.frontend.listen {
         service.add_tcp(&addr.to_string());
     }
-    let certificates = config.tls.as_ref().map(|tls| {
+    let certificates = config.tls.as_ref().zip(resolver).map(|(tls, resolver)| {
+        let then = on_demand
+            .clone()
+            .map(|on_demand| on_demand as Arc<dyn pingora::listeners::PreTlsProcess>);
         let limit = service
             .app_logic()
             .expect("a listening service has its app")
-            .handshake_limit(tls.handshake_timeout);
-        crate::tls::listen(&mut service, tls, Arc::new(limit))
+            .handshake_limit(tls.handshake_timeout, then);
+        crate::tls::listen(&mut service, tls, resolver, Arc::new(limit))
     });
     let proxy_handle = server.add_service(service);
     if let Some(certificates) = certificates {
         server.add_service(certificates);
+    }
+    if let Some(acme) = acme {
+        metrics::acme_enabled();
+        server.add_service(GenBackgroundService::new(
+            "herald edge acme".into(),
+            Arc::new(acme::AcmeService(acme)),
+        ));
     }
 
     let balancer_service =

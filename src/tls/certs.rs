@@ -23,7 +23,8 @@ pub struct LoadedPair {
     /// The certificate's DNS subjectAltNames, lowercased, without a trailing dot; wildcards
     /// only as a whole first label (`*.example.com`).
     pub names: Vec<String>,
-    /// The certificate's notAfter, in seconds since the epoch.
+    /// The certificate's notBefore and notAfter, in seconds since the epoch.
+    pub not_before: i64,
     pub not_after: i64,
     /// The same, as the certificate writes it, for messages.
     pub not_after_text: String,
@@ -62,12 +63,24 @@ impl PairProblem {
 
 /// Reads and checks both files of a pair.
 pub fn load_pair(paths: &PairPaths) -> Result<LoadedPair, PairProblem> {
-    let chain = read_chain(&paths.cert)?;
-    let key = read_key(&paths.key)?;
+    let cert = read_file(&paths.cert)?;
+    let key = read_file(&paths.key)?;
+    pair_from_pem(&cert, &key, paths)
+}
+
+/// Checks a pair held in memory (`paths` name where it came from, for messages).
+pub fn pair_from_pem(
+    cert: &[u8],
+    key: &[u8],
+    paths: &PairPaths,
+) -> Result<LoadedPair, PairProblem> {
+    let chain = read_chain(cert, &paths.cert)?;
+    let key = read_key(key, &paths.key)?;
     let leaf = x509_parser::parse_x509_certificate(chain[0].as_ref())
         .map_err(|e| PairProblem::new(&paths.cert, format!("not a valid X.509 certificate: {e}")))?
         .1;
     let names = dns_names(&leaf).map_err(|reason| PairProblem::new(&paths.cert, reason))?;
+    let not_before = leaf.validity().not_before.timestamp();
     let not_after = leaf.validity().not_after;
     // Loading happens before any listener is built, and rustls needs a provider to parse keys
     // (installing it again is a no-op).
@@ -104,6 +117,7 @@ pub fn load_pair(paths: &PairPaths) -> Result<LoadedPair, PairProblem> {
     Ok(LoadedPair {
         certified: Arc::new(certified),
         names,
+        not_before,
         not_after: not_after.timestamp(),
         not_after_text: not_after.to_string(),
     })
@@ -116,16 +130,15 @@ fn read_file(path: &Path) -> Result<Vec<u8>, PairProblem> {
     })
 }
 
-fn pem_blocks(path: &Path) -> Result<Vec<Pem>, PairProblem> {
-    let bytes = read_file(path)?;
-    Pem::iter_from_buffer(&bytes)
+fn pem_blocks(bytes: &[u8], path: &Path) -> Result<Vec<Pem>, PairProblem> {
+    Pem::iter_from_buffer(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PairProblem::new(path, format!("not valid PEM: {e}")))
 }
 
 /// The certificate first, then its intermediates, as the file lists them.
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PairProblem> {
-    let chain: Vec<CertificateDer<'static>> = pem_blocks(path)?
+fn read_chain(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, PairProblem> {
+    let chain: Vec<CertificateDer<'static>> = pem_blocks(bytes, path)?
         .into_iter()
         .filter(|pem| pem.label == "CERTIFICATE")
         .map(|pem| CertificateDer::from(pem.contents))
@@ -139,8 +152,8 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PairProblem> 
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PairProblem> {
-    let blocks = pem_blocks(path)?;
+fn read_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, PairProblem> {
+    let blocks = pem_blocks(bytes, path)?;
     let mut keys = blocks
         .into_iter()
         .filter_map(|pem| match pem.label.as_str() {

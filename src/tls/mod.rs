@@ -15,21 +15,28 @@ use log::info;
 use pingora::listeners::tls::TlsSettings;
 use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
-use resolver::SniResolver;
+pub use resolver::SniResolver;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 pub use watch::CertWatcher;
 
+/// What picks each handshake's certificate: the operator's pairs as configured, and
+/// certificates ordered on demand if `acme` is set.
+pub fn resolver(config: &TlsConfig, acme: Option<Arc<crate::acme::Acme>>) -> Arc<SniResolver> {
+    Arc::new(SniResolver::new(config.certificates.index(), acme))
+}
+
 /// Adds the TLS listeners to `service`, with `before_handshake` run on each connection from its
-/// accept; the returned service keeps their certificates current.
+/// accept and `resolver` picking certificates; the returned service keeps the operator's
+/// certificates current.
 pub fn listen<A>(
     service: &mut Service<A>,
     config: &TlsConfig,
+    resolver: Arc<SniResolver>,
     before_handshake: Arc<dyn pingora::listeners::PreTlsProcess>,
 ) -> GenBackgroundService<CertWatcher> {
     service.endpoints().set_pre_tls_callback(before_handshake);
     let store = config.certificates.clone();
-    let resolver = Arc::new(SniResolver::new(store.index()));
     let summary = store.summary();
     publish(summary);
     crate::status::set_certificates(store.soonest(crate::status::CERTIFICATES_LISTED));

@@ -4,6 +4,7 @@
 //! index is replaced whole when certificates change.
 
 use super::certs::LoadedPair;
+use crate::acme::Acme;
 use arc_swap::ArcSwap;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, ResolvesServerCert};
@@ -83,6 +84,15 @@ impl<T: Clone> NameIndex<T> {
             .or_else(|| self.default.clone())
     }
 
+    /// Whether a certificate of its own (not the default) carries `name`.
+    pub fn covers(&self, name: &str) -> bool {
+        self.by_name(name).is_some()
+    }
+
+    fn has_exact(&self, name: &str) -> bool {
+        self.exact.contains_key(name)
+    }
+
     fn by_name(&self, name: &str) -> Option<T> {
         if let Some(value) = self.exact.get(name) {
             return Some(value.clone());
@@ -92,16 +102,25 @@ impl<T: Clone> NameIndex<T> {
     }
 }
 
-/// What rustls asks for a certificate on every handshake.
+/// What rustls asks for a certificate on every handshake: the operator's certificate for the
+/// exact name, else one ordered on demand (`acme`), else the operator's wildcard, else the
+/// default.
 pub struct SniResolver {
     index: ArcSwap<CertIndex>,
+    acme: Option<Arc<Acme>>,
 }
 
 impl SniResolver {
-    pub fn new(index: CertIndex) -> Self {
+    pub fn new(index: CertIndex, acme: Option<Arc<Acme>>) -> Self {
         SniResolver {
             index: ArcSwap::from_pointee(index),
+            acme,
         }
+    }
+
+    /// Whether the operator's certificates (not the default) cover `name`: no order for it.
+    pub fn covers(&self, name: &str) -> bool {
+        self.index.load().covers(name)
     }
 
     /// Handshakes from now on use `index`; those under way finish with the one they have.
@@ -125,7 +144,17 @@ impl ResolvesServerCert for SniResolver {
     /// `None` (no name matched and no default) makes rustls end the handshake with an
     /// `access_denied` alert.
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.index.load().lookup(client_hello.server_name())
+        let index = self.index.load();
+        let name = client_hello.server_name();
+        if let (Some(acme), Some(name)) = (&self.acme, name) {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            if !index.has_exact(name) {
+                if let Some(certified) = acme.certificate(name) {
+                    return Some(certified);
+                }
+            }
+        }
+        index.lookup(name)
     }
 }
 

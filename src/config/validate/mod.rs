@@ -15,6 +15,7 @@ use crate::tls::store::{CertStore, Event};
 use std::collections::HashSet;
 use std::fmt;
 
+mod acme;
 mod gateway;
 mod private_files;
 mod site_logs;
@@ -423,10 +424,15 @@ impl Checker {
                 "at most 60s: Pingora ends every handshake after 60 s itself",
             );
         }
+        let acme = raw
+            .acme
+            .as_ref()
+            .and_then(|section| self.acme(section, handshake_timeout));
         Some(TlsConfig {
             listen,
             certificates,
             handshake_timeout,
+            acme,
         })
     }
 
