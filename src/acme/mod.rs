@@ -270,15 +270,26 @@ impl Acme {
     /// Serves `stored` for `name` from now on, if it is a usable pair for that name.
     fn install(&self, name: &str, stored: &StoredCertificate) -> Result<(), String> {
         let held = Arc::new(held_from(name, stored)?);
+        self.install_all(vec![(name.to_owned(), held)]);
+        Ok(())
+    }
+
+    /// Serves these from now on: one copy of the map for all of them (an edge's first sync
+    /// may read thousands).
+    fn install_all(&self, new: Vec<(String, Arc<Held>)>) {
+        if new.is_empty() {
+            return;
+        }
         self.served.rcu(|served| {
             let mut served = HashMap::clone(served);
-            served.insert(name.to_owned(), held.clone());
+            served.extend(new.iter().cloned());
             served
         });
-        self.decisions.forget(name);
+        for (name, _) in &new {
+            self.decisions.forget(name);
+        }
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         self.publish();
-        Ok(())
     }
 
     fn storage_failed(&self, e: &storage::StorageError) {
@@ -484,21 +495,23 @@ impl Acme {
     }
 
     async fn load_changed(&self, versions: HashMap<String, i64>) {
+        let served = self.served.load_full();
+        let mut new = Vec::new();
         for (name, version) in versions {
-            let held = self.served.load().get(&name).map(|held| held.not_after);
+            let held = served.get(&name).map(|held| held.not_after);
             if held.is_some_and(|held| held >= version) {
                 continue;
             }
             match self.storage.certificate(&name).await {
-                Ok(Some(stored)) => {
-                    if let Err(e) = self.install(&name, &stored) {
-                        warn!("acme: {e}");
-                    }
-                }
+                Ok(Some(stored)) => match held_from(&name, &stored) {
+                    Ok(held) => new.push((name, Arc::new(held))),
+                    Err(e) => warn!("acme: stored for {name}: {e}"),
+                },
                 Ok(None) => {}
                 Err(e) => self.storage_failed(&e),
             }
         }
+        self.install_all(new);
     }
 }
 
