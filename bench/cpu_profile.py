@@ -84,17 +84,26 @@ def parse_perf_script(text):
         yield comm, frames
 
 
-def shares(data_file):
+def shares(data_file, top=0):
+    """The samples' total, each bucket's share, and the `top` leaf symbols of each bucket."""
     out = subprocess.run(["perf", "script", "-i", data_file, "-F", "comm,pid,tid,ip,sym,dso"],
                          capture_output=True, text=True).stdout
-    counts = collections.Counter(bucket(comm, frames) for comm, frames in parse_perf_script(out))
+    counts = collections.Counter()
+    leaves = collections.defaultdict(collections.Counter)
+    for comm, frames in parse_perf_script(out):
+        b = bucket(comm, frames)
+        counts[b] += 1
+        if frames:
+            leaves[b][frames[0][0][:100]] += 1
     total = sum(counts.values())
-    return total, {b: counts[b] / total * 100 if total else 0.0 for b in BUCKETS}
+    tops = {b: leaves[b].most_common(top) for b in BUCKETS}
+    return total, {b: counts[b] / total * 100 if total else 0.0 for b in BUCKETS}, tops
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=6, help="how long perf records (wrk runs 4 s longer)")
+    parser.add_argument("--top", type=int, default=0, help="also list each bucket's N most sampled leaf symbols")
     args = parser.parse_args()
     bench.HERALD = PROFILING_BINARY
     root = tempfile.mkdtemp(prefix="herald-profile.")
@@ -118,12 +127,18 @@ def main():
     finally:
         run.stop_all()
     print("Share of each process's samples (%%), one site under wrk for %d s:\n" % args.seconds)
-    results = {tier: shares(os.path.join(root, tier + ".data")) for tier in ("edge", "backend")}
+    results = {tier: shares(os.path.join(root, tier + ".data"), args.top) for tier in ("edge", "backend")}
     print("| bucket | edge | backend |")
     print("|---|---|---|")
     for b in BUCKETS:
         print("| %s | %.1f | %.1f |" % (b, results["edge"][1][b], results["backend"][1][b]))
     print("| (samples) | %d | %d |" % (results["edge"][0], results["backend"][0]))
+    for tier in ("edge", "backend") if args.top else ():
+        total, _, tops = results[tier]
+        print("\n%s: the most sampled leaf symbols of each bucket (%% of the process's samples)" % tier)
+        for b in BUCKETS:
+            for symbol, n in tops[b]:
+                print("  %-20s %5.1f  %s" % (b, n / total * 100, symbol))
     subprocess.run(["rm", "-rf", root])
 
 

@@ -11,6 +11,7 @@
 
 use super::answer::{self, find};
 use super::exchange::{AnswerMode, AppFailure, Exchange};
+use super::socket_owner::Listener;
 use super::spool::{Fifo, RequestBody};
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
@@ -71,10 +72,7 @@ impl AppConnector {
         let cred = socket
             .peer_cred()
             .or_err(ConnectError, "reading the socket's peer credentials")?;
-        let listener = Listener {
-            uid: cred.uid(),
-            now: cred.pid().and_then(|pid| uids_of(pid as u32)),
-        };
+        let listener = Listener::of(cred.uid(), cred.pid(), expected);
         if listener.is_owner(expected) {
             return Ok(());
         }
@@ -91,47 +89,6 @@ impl AppConnector {
         self.exchange.fail(AppFailure::WrongOwner);
         Error::e_explain(ConnectError, "the app's socket is held by another user")
     }
-}
-
-/// Who listens on an app's socket: the uid it listened with (`SO_PEERCRED`), and the real,
-/// effective and saved uids of that process now.
-struct Listener {
-    uid: u32,
-    now: Option<[u32; 3]>,
-}
-
-impl Listener {
-    /// uWSGI binds and listens as root, then drops to the vassal's `uid`: a socket listened
-    /// on by root belongs to the owner when its listening process now runs as the owner, with
-    /// no way back to root (real, effective and saved uid all the owner's).
-    fn is_owner(&self, owner: u32) -> bool {
-        self.uid == owner || (self.uid == 0 && self.now == Some([owner; 3]))
-    }
-}
-
-impl std::fmt::Display for Listener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "uid {}", self.uid)?;
-        match self.now {
-            Some([real, effective, saved]) if self.uid == 0 => write!(
-                f,
-                " (its process now runs as uid {real}, effective {effective}, saved {saved})"
-            ),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// A process's real, effective and saved uids, from `/proc/PID/status`.
-fn uids_of(pid: u32) -> Option<[u32; 3]> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_uids(&status)
-}
-
-fn parse_uids(status: &str) -> Option<[u32; 3]> {
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    let mut ids = line.split_whitespace().map(|id| id.parse::<u32>().ok());
-    Some([ids.next()??, ids.next()??, ids.next()??])
 }
 
 pub struct AppStream {
@@ -544,19 +501,6 @@ mod tests {
             .downcast_ref::<io::Error>()
             .expect("the io error is kept");
         assert_eq!(io.kind(), io::ErrorKind::NotFound);
-    }
-
-    #[test]
-    fn a_root_listener_belongs_to_the_user_it_dropped_to_for_good() {
-        let status = "Name:\tuwsgi\nUid:\t999\t999\t999\t999\nGid:\t995\t995\t995\t995\n";
-        assert_eq!(parse_uids(status), Some([999; 3]));
-        let owner = |uid, now| Listener { uid, now }.is_owner(999);
-        assert!(owner(999, None), "listened as the owner");
-        assert!(owner(0, Some([999; 3])), "root, then dropped to the owner");
-        assert!(!owner(0, Some([999, 999, 0])), "could become root again");
-        assert!(!owner(0, Some([998; 3])), "dropped to someone else");
-        assert!(!owner(0, None), "its process is gone");
-        assert!(!owner(998, Some([999; 3])), "listened as someone else");
     }
 
     #[tokio::test]

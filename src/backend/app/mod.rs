@@ -8,6 +8,7 @@ pub mod answer;
 pub mod connector;
 pub mod exchange;
 pub mod request_body;
+mod socket_owner;
 pub mod spool;
 pub mod uri;
 pub mod uwsgi;
