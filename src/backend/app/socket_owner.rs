@@ -17,7 +17,11 @@ const FRESH: Duration = Duration::from_secs(1);
 /// Entries kept at most (a backend has as many listening apps as it runs).
 const KEPT: usize = 4096;
 
-static RECENT: Lazy<Mutex<HashMap<u32, (Instant, Option<[u32; 3]>)>>> =
+/// Real, effective and saved uid; `None`: the process is gone.
+type Uids = Option<[u32; 3]>;
+
+/// By pid: when they were read, and what.
+static RECENT: Lazy<Mutex<HashMap<u32, (Instant, Uids)>>> =
     Lazy::new(|| Mutex::new(HashMap::new()));
 
 pub struct Listener {
