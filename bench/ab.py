@@ -66,8 +66,10 @@ def main():
             order = args.variants if r % 2 == 0 else args.variants[::-1]
             for name, binary, extra in order:
                 edge_port, tls_port, backend_port = free_port(), free_port(), free_port()
-                server = lambda role: "server:\n  threads: 1\n  pid_file: %s/%s-%s.pid\n  upgrade_sock: %s/%s-%s.sock\n%s" % (
-                    root, name, role, root, name, role, extra)
+                # A variant's own `threads` replaces the default one.
+                threads = "" if "  threads:" in extra else "  threads: 1\n"
+                server = lambda role: "server:\n%s  pid_file: %s/%s-%s.pid\n  upgrade_sock: %s/%s-%s.sock\n%s" % (
+                    threads, root, name, role, root, name, role, extra)
                 configs = {
                     "backend": server("backend") + "backend:\n  listen: ['127.0.0.1:%d']\n  sites_dir: %s\n  vassals_dir: %s\n"
                     "  socket_path: %s/{host}.sock\n  idle_timeout: 0\n  max_starts_per_client: 0\n" % (
