@@ -231,3 +231,42 @@ impl Issuer {
         Ok(Issued { chain, key })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::storage::DirectoryStorage;
+
+    fn issuer() -> (tempfile::TempDir, Issuer) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(DirectoryStorage::new(&dir.path().join("acme")).unwrap());
+        let http = AcmeHttp::new(None).unwrap();
+        let issuer = Issuer::new(http, "https://127.0.0.1:1/dir".into(), vec![], storage);
+        (dir, issuer)
+    }
+
+    fn problem(kind: &str) -> instant_acme::Error {
+        let json = format!(r#"{{"type": "urn:ietf:params:acme:error:{kind}", "detail": "d"}}"#);
+        instant_acme::Error::Api(serde_json::from_str(&json).unwrap())
+    }
+
+    #[test]
+    fn a_rate_limit_pauses_orders_and_other_errors_fail_the_order() {
+        let (_dir, issuer) = issuer();
+        let before = SystemTime::now();
+        match issuer.failed("new order", problem("rateLimited")) {
+            IssueError::RateLimited(until, _) => {
+                let pause = until.duration_since(before).unwrap();
+                assert!(
+                    pause >= RATE_LIMIT_PAUSE && pause < RATE_LIMIT_PAUSE * 2,
+                    "{pause:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match issuer.failed("new order", problem("badCSR")) {
+            IssueError::Failed(why) => assert!(why.starts_with("new order: "), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

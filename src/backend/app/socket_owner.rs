@@ -4,9 +4,9 @@
 //!
 //! Those come from `/proc/PID/status`, which the kernel renders whole (signal masks, memory,
 //! capabilities) on each read: they are read only when the first uid does not settle it, and
-//! kept for a second per pid. Within that second the process can change users only to root
-//! (a setuid program), never to another tenant, and a pid reused by a new listener would have
-//! to be a root process the emperor started on this very socket.
+//! kept for a second per pid. Another tenant cannot change a process's users, so a change
+//! within that second is the listening process's own doing; and a pid reused by a new
+//! listener would have to be a root process the emperor started on this very socket.
 
 use once_cell::sync::Lazy;
 use std::collections::HashMap;
