@@ -14,18 +14,20 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 /// What an answer that streams may hold in memory while the client is slow.
-const STREAMING_MEMORY: usize = 16 << 10;
+pub const STREAMING_MEMORY: usize = 16 << 10;
 /// A response header longer than this is not looked into (Pingora refuses it anyway).
 const MAX_HEAD_SCAN: usize = 64 << 10;
 
-/// Runs until the answer is handed on, the client side goes away, or something fails.
+/// Runs until the answer is handed on, the client side goes away, or something fails;
+/// `read` is what was read of it already.
 pub async fn pump(
     app: OwnedReadHalf,
+    read: Vec<Bytes>,
     to_client: mpsc::Sender<io::Result<Bytes>>,
     mut fifo: Fifo,
     exchange: Arc<Exchange>,
 ) {
-    relay(app, to_client, &mut fifo, &exchange).await;
+    relay(app, read, to_client, &mut fifo, &exchange).await;
     if fifo.spilled > 0 {
         crate::metrics::buffered_to_file_bytes("answer", fifo.spilled);
     }
@@ -33,6 +35,7 @@ pub async fn pump(
 
 async fn relay(
     mut app: OwnedReadHalf,
+    read: Vec<Bytes>,
     to_client: mpsc::Sender<io::Result<Bytes>>,
     fifo: &mut Fifo,
     exchange: &Exchange,
@@ -40,6 +43,9 @@ async fn relay(
     let mut head = HeadScan::default();
     let mut app_done = false;
     let mut failed: Option<io::Error> = None;
+    for chunk in read {
+        take_chunk(chunk, &mut head, fifo, exchange, &mut failed);
+    }
     loop {
         let has_data = !fifo.is_empty();
         if !has_data {
@@ -70,23 +76,35 @@ async fn relay(
             }
             read = read_some(&mut app, room), if room > 0 => match read {
                 Ok(chunk) if chunk.is_empty() => app_done = true,
-                Ok(chunk) => {
-                    if head.scan(&chunk) == Some(Buffering::Off) {
-                        fifo.stream_only(STREAMING_MEMORY);
-                    }
-                    let spilled = fifo.spilled;
-                    if let Err(e) = fifo.push(chunk) {
-                        let message = format!("cannot buffer the app's answer: {e}");
-                        exchange.fail(AppFailure::Storage(e));
-                        failed = Some(io::Error::other(message));
-                    } else if spilled == 0 && fifo.spilled > 0 {
-                        crate::metrics::buffered_to_file("answer");
-                    }
-                }
+                Ok(chunk) => take_chunk(chunk, &mut head, fifo, exchange, &mut failed),
                 Err(e) => failed = Some(e),
             },
             _ = to_client.closed(), if !has_data => return,
         }
+    }
+}
+
+/// A chunk of the answer into the fifo (the header looked into for `X-Accel-Buffering`).
+fn take_chunk(
+    chunk: Bytes,
+    head: &mut HeadScan,
+    fifo: &mut Fifo,
+    exchange: &Exchange,
+    failed: &mut Option<io::Error>,
+) {
+    if failed.is_some() {
+        return;
+    }
+    if head.scan(&chunk) == Some(Buffering::Off) {
+        fifo.stream_only(STREAMING_MEMORY);
+    }
+    let spilled = fifo.spilled;
+    if let Err(e) = fifo.push(chunk) {
+        let message = format!("cannot buffer the app's answer: {e}");
+        exchange.fail(AppFailure::Storage(e));
+        *failed = Some(io::Error::other(message));
+    } else if spilled == 0 && fifo.spilled > 0 {
+        crate::metrics::buffered_to_file("answer");
     }
 }
 

@@ -116,6 +116,15 @@ enum WriteState {
 
 enum Reader {
     Direct(OwnedReadHalf),
+    /// A buffered answer before its first bytes: read here while the app has them ready. An
+    /// answer that ends within the memory buffers (most do: the app has written it and closed
+    /// by the time it is read) is served from `Whole`, with no task of its own; a longer one,
+    /// or one the app is still writing, goes on in the `answer` task (`Buffered`).
+    Unread {
+        app: Option<OwnedReadHalf>,
+        exchange: Arc<Exchange>,
+    },
+    Whole(VecDeque<Bytes>),
     Buffered {
         from_app: mpsc::Receiver<io::Result<Bytes>>,
         current: Bytes,
@@ -127,19 +136,10 @@ impl AppStream {
         let (read_half, writer) = socket.into_split();
         let reader = match &exchange.answer {
             AnswerMode::Direct => Reader::Direct(read_half),
-            AnswerMode::Buffered(buffers) => {
-                let (to_client, from_app) = mpsc::channel(1);
-                let fifo = Fifo::new(
-                    buffers.memory,
-                    buffers.max_temp_file,
-                    Some(buffers.temp_dir.clone()),
-                );
-                tokio::spawn(answer::pump(read_half, to_client, fifo, exchange.clone()));
-                Reader::Buffered {
-                    from_app,
-                    current: Bytes::new(),
-                }
-            }
+            AnswerMode::Buffered(_) => Reader::Unread {
+                app: Some(read_half),
+                exchange: exchange.clone(),
+            },
         };
         AppStream {
             writer,
@@ -302,6 +302,45 @@ impl Reader {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self {
             Reader::Direct(read_half) => Pin::new(read_half).poll_read(cx, buf),
+            Reader::Unread { app, exchange } => {
+                let AnswerMode::Buffered(buffers) = &exchange.answer else {
+                    unreachable!("only buffered answers start unread")
+                };
+                let read_half = app.as_mut().expect("taken only when leaving this state");
+                // Within what either kind of answer (buffered, or streamed with
+                // `X-Accel-Buffering: no`) holds in memory.
+                let limit = buffers.memory.min(answer::STREAMING_MEMORY);
+                let (chunks, ended) = ready!(read_ready(read_half, cx, limit))?;
+                let app = app.take().expect("still here");
+                *self = if ended {
+                    Reader::Whole(chunks.into())
+                } else {
+                    let (to_client, from_app) = mpsc::channel(1);
+                    let fifo = Fifo::new(
+                        buffers.memory,
+                        buffers.max_temp_file,
+                        Some(buffers.temp_dir.clone()),
+                    );
+                    tokio::spawn(answer::pump(app, chunks, to_client, fifo, exchange.clone()));
+                    Reader::Buffered {
+                        from_app,
+                        current: Bytes::new(),
+                    }
+                };
+                self.poll_read(cx, buf)
+            }
+            Reader::Whole(chunks) => {
+                let Some(chunk) = chunks.front_mut() else {
+                    return Poll::Ready(Ok(())); // the end of the answer
+                };
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                chunk.advance(n);
+                if chunk.is_empty() {
+                    chunks.pop_front();
+                }
+                Poll::Ready(Ok(()))
+            }
             Reader::Buffered { from_app, current } => loop {
                 if !current.is_empty() {
                     let n = current.len().min(buf.remaining()).min(16 << 10);
@@ -317,6 +356,38 @@ impl Reader {
             },
         }
     }
+}
+
+/// The answer's first bytes once the app sends any, and what else it has ready, up to `limit`
+/// bytes: whether the answer ended there (the app closed its side).
+fn read_ready(
+    app: &mut OwnedReadHalf,
+    cx: &mut Context<'_>,
+    limit: usize,
+) -> Poll<io::Result<(Vec<Bytes>, bool)>> {
+    let mut first = vec![0u8; limit.max(1)];
+    let mut filled = ReadBuf::new(&mut first);
+    ready!(Pin::new(&mut *app).poll_read(cx, &mut filled))?;
+    let n = filled.filled().len();
+    if n == 0 {
+        return Poll::Ready(Ok((Vec::new(), true)));
+    }
+    first.truncate(n);
+    let mut chunks = vec![Bytes::from(first)];
+    let mut total = n;
+    while total < limit {
+        let mut more = bytes::BytesMut::with_capacity(limit - total);
+        match app.try_read_buf(&mut more) {
+            Ok(0) => return Poll::Ready(Ok((chunks, true))),
+            Ok(n) => {
+                total += n;
+                chunks.push(more.freeze());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok((chunks, false)))
 }
 
 impl VirtualSocket for AppStream {
@@ -419,16 +490,63 @@ mod tests {
             .copied()
             .chain((0..300_000u32).map(|i| (i % 251) as u8))
             .collect();
-        app.write_all(&answer).await.unwrap();
-        drop(app);
+        // Written while Pingora reads, as it does once the request is sent.
+        let written = answer.clone();
+        let app_writes = tokio::spawn(async move {
+            app.write_all(&written).await.unwrap();
+        });
         let mut read = Vec::new();
         stream.read_to_end(&mut read).await.unwrap();
+        app_writes.await.unwrap();
         assert_eq!(
             &read[..17],
             b"HTTP/1.1 200 OK\r\n",
             "HTTP/2.0 read as HTTP/1.1"
         );
         assert_eq!(read[17..], answer[17..]);
+    }
+
+    /// An answer the app has written whole and closed is served from memory, with no answer
+    /// task; one the app is still writing goes to the task, and arrives whole all the same.
+    #[tokio::test]
+    async fn a_whole_answer_needs_no_task_of_its_own() {
+        let f = fixture();
+        for finished in [true, false] {
+            let exchange = Arc::new(Exchange::new(
+                "a.example",
+                me(),
+                None,
+                buffered(&f.temp, 32 << 10),
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            ));
+            let socket =
+                tokio::net::UnixStream::connect(f.addr.as_unix().unwrap().as_pathname().unwrap())
+                    .await
+                    .unwrap();
+            let mut stream = AppStream::new(socket, exchange);
+            let (mut app, _) = f.listener.accept().await.unwrap();
+            app.write_all(b"HTTP/1.1 200 OK\r\n\r\nfirst")
+                .await
+                .unwrap();
+            if finished {
+                drop(app);
+                let mut read = Vec::new();
+                stream.read_to_end(&mut read).await.unwrap();
+                assert_eq!(read, b"HTTP/1.1 200 OK\r\n\r\nfirst");
+                assert!(matches!(stream.reader, Reader::Whole(_)));
+            } else {
+                let mut start = [0u8; 24];
+                stream.read_exact(&mut start).await.unwrap();
+                assert!(matches!(stream.reader, Reader::Buffered { .. }));
+                app.write_all(b", then more").await.unwrap();
+                drop(app);
+                let mut rest = Vec::new();
+                stream.read_to_end(&mut rest).await.unwrap();
+                assert_eq!(&start[19..], b"first");
+                assert_eq!(rest, b", then more");
+            }
+        }
     }
 
     #[tokio::test]
