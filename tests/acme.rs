@@ -54,19 +54,6 @@ fn servers_installed() -> bool {
     missing.is_empty()
 }
 
-/// `openssl ARGS`, the arguments split at spaces (the test's paths have none).
-fn openssl(args: &str) {
-    let out = Command::new("openssl")
-        .args(args.split_whitespace())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `curl` over HTTPS trusting `ca`: the body, or `None` if the request failed.
 fn curl_https(ca: &Path, url: &str) -> Option<String> {
     let out = Command::new("curl")

@@ -25,19 +25,6 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// `openssl ARGS`, the arguments split at spaces (the test's paths have none).
-fn openssl(args: &str) {
-    let out = Command::new("openssl")
-        .args(args.split_whitespace())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA made for one test, and the certificates it issues.
 struct Pki {
     dir: PathBuf,

@@ -54,6 +54,19 @@ pub fn broken_app(root: &Path) -> PathBuf {
     app
 }
 
+/// `openssl ARGS`, the arguments split at spaces (the test's paths have none).
+pub fn openssl(args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A self-signed ECDSA P-256 pair for `names`, valid `days`, made by the openssl command line.
 pub fn self_signed(crt: &Path, key: &Path, names: &[&str], days: u32) {
     let san: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();
