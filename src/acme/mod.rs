@@ -235,7 +235,9 @@ impl Acme {
                 }
             },
             http::Answer::Denied => {
-                info!("acme: ask denied {name}");
+                // Debug only: a flood of made-up SNI names must not flood the log too (the
+                // answers are counted in herald_acme_ask_total).
+                log::debug!("acme: ask denied {name}");
                 self.decisions.hold_back(&name, Why::Denied, Instant::now());
                 self.settle(&name);
             }
