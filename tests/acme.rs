@@ -435,24 +435,12 @@ struct Edge {
 impl Edge {
     /// One handshake by tests/tls_client.py with this edge's TLS listener; its JSON answer.
     fn client(&self, args: &[&str]) -> Value {
-        let out = Command::new("python3")
-            .arg(repo_path("tests/tls_client.py"))
-            .arg(self.tls.to_string())
-            .args(["--addr", &ip_text(self.ip)])
-            .args(args)
-            .output()
-            .expect("run tests/tls_client.py");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "tls_client {args:?}: {e}: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        let addr = ip_text(self.ip);
+        let mut with_addr = vec!["--addr", addr.as_str()];
+        with_addr.extend_from_slice(args);
+        tls_client(self.tls, &with_addr)
     }
 
-    /// A handshake for `name`, checked against Pebble's root only: an error unless the
-    /// certificate was issued by Pebble.
     fn issued(&self, name: &str) -> Value {
         self.client(&["--sni", name, "--ca", self.root.to_str().unwrap()])
     }

@@ -111,23 +111,6 @@ fn install_pair(issued: &Issued, dir: &Path, stem: &str) {
     install(&issued.crt, dir, &format!("{stem}.crt"));
 }
 
-/// One handshake by tests/tls_client.py; its JSON answer.
-fn tls_client(port: u16, args: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg(repo_path("tests/tls_client.py"))
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("run tests/tls_client.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "tls_client {args:?}: {e}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// A herald with both roles over a uWSGI emperor, its edge listening on TLS as well.
 struct Node {
     herald: Herald,

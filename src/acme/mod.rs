@@ -189,13 +189,11 @@ impl Acme {
         }
     }
 
-    /// A request for `name` (a handshake, or plain HTTP): starts asking about it unless it is
-    /// served, pending, held back, or not a site name. Whether it started.
+    /// A request for `name`, a valid site name (a handshake's, checked by `OnDemand`, or a
+    /// plain-HTTP request's, checked by the front door): starts asking about it unless it is
+    /// served, pending or held back. Whether it started.
     pub fn trigger(self: &Arc<Self>, name: &str) -> bool {
-        if self.is_served(name)
-            || crate::site_name::parse_site(name.as_bytes(), false).as_deref() != Ok(name)
-            || self.decisions.holds_back(name, Instant::now())
-        {
+        if self.is_served(name) || self.decisions.holds_back(name, Instant::now()) {
             return false;
         }
         self.request(name)

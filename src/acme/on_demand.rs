@@ -30,7 +30,10 @@ impl OnDemand {
 
     /// A plain-HTTP request for `site`: its certificate is ordered if it may have one.
     pub fn trigger(&self, site: &str) {
-        if self.wanted(site) {
+        // The front door checked the name; with `allow_ip_hosts` it may be an IP address,
+        // which no ACME server certifies.
+        let ip = site.starts_with('[') || site.parse::<std::net::IpAddr>().is_ok();
+        if !ip && self.wanted(site) {
             self.acme.trigger(site);
         }
     }
@@ -45,7 +48,10 @@ impl OnDemand {
 impl PreTlsProcess for OnDemand {
     async fn process(&self, stream: &mut L4Stream) -> Result<()> {
         if let Some(name) = client_hello::peek_server_name(stream).await {
-            if self.wanted(&name) {
+            // Only a valid site name (lowercase DNS labels, no IP address) is ever ordered.
+            let valid =
+                crate::site_name::parse_site(name.as_bytes(), false).as_deref() == Ok(&name);
+            if valid && self.wanted(&name) {
                 self.acme.wait_for(&name).await;
             }
         }

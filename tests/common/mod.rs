@@ -67,6 +67,23 @@ pub fn openssl(args: &str) {
     );
 }
 
+/// One handshake by tests/tls_client.py; its JSON answer.
+pub fn tls_client(port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(repo_path("tests/tls_client.py"))
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run tests/tls_client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "tls_client {args:?}: {e}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// A self-signed ECDSA P-256 pair for `names`, valid `days`, made by the openssl command line.
 pub fn self_signed(crt: &Path, key: &Path, names: &[&str], days: u32) {
     let san: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();

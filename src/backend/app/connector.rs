@@ -365,15 +365,20 @@ fn read_ready(
     cx: &mut Context<'_>,
     limit: usize,
 ) -> Poll<io::Result<(Vec<Bytes>, bool)>> {
-    let mut first = vec![0u8; limit.max(1)];
-    let mut filled = ReadBuf::new(&mut first);
-    ready!(Pin::new(&mut *app).poll_read(cx, &mut filled))?;
-    let n = filled.filled().len();
-    if n == 0 {
-        return Poll::Ready(Ok((Vec::new(), true)));
-    }
-    first.truncate(n);
-    let mut chunks = vec![Bytes::from(first)];
+    // Readiness first, so that a poll before the app answers allocates nothing.
+    let first = loop {
+        ready!(app.as_ref().poll_read_ready(cx))?;
+        let mut first = bytes::BytesMut::with_capacity(limit.max(1));
+        match app.try_read_buf(&mut first) {
+            Ok(0) => return Poll::Ready(Ok((Vec::new(), true))),
+            Ok(_) => break first,
+            // A stale readiness: try_read cleared it, the next poll waits for the app.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    };
+    let n = first.len();
+    let mut chunks = vec![first.freeze()];
     let mut total = n;
     while total < limit {
         let mut more = bytes::BytesMut::with_capacity(limit - total);
