@@ -284,9 +284,7 @@ fn json(
 
 fn write_client(out: &mut String, facts: &Facts) {
     match facts.client {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
+        Some(ip) => crate::text::push_ip(out, ip),
         None => out.push('-'),
     }
 }
@@ -331,7 +329,9 @@ pub fn new_request_id() -> String {
         (u64::from(std::process::id()) << 40) ^ now.as_nanos() as u64
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}", splitmix64(seed.wrapping_add(n)))
+    let mut id = String::with_capacity(16);
+    crate::text::push_hex16(&mut id, splitmix64(seed.wrapping_add(n)));
+    id
 }
 
 /// An id a trusted hop sent, if it is a sane one to log and pass on.

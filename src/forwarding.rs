@@ -2,10 +2,11 @@
 //! element (RFC 7239) with everything the edge saw of the browser's connection, and a request
 //! target in origin form.
 
+use crate::text;
+use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -65,20 +66,31 @@ impl Origin {
 
     /// One `Forwarded` element: `for="192.0.2.7:51234";by="203.0.113.1:443";proto=https`,
     /// and the browser's HTTP version in an extension parameter, `version="HTTP/2.0"`.
+    #[cfg(test)]
     pub fn forwarded_element(&self) -> String {
-        let mut element = String::with_capacity(80);
-        if let Some(node) = node(self.client_ip, self.client_port) {
-            let _ = write!(element, "for=\"{node}\";");
+        let mut element = String::with_capacity(96);
+        self.push_forwarded_element(&mut element);
+        element
+    }
+
+    fn push_forwarded_element(&self, element: &mut String) {
+        if let Some(ip) = self.client_ip {
+            element.push_str("for=\"");
+            push_node(element, ip, self.client_port);
+            element.push_str("\";");
         }
-        if let Some(node) = node(self.server_ip, self.server_port) {
-            let _ = write!(element, "by=\"{node}\";");
+        if let Some(ip) = self.server_ip {
+            element.push_str("by=\"");
+            push_node(element, ip, self.server_port);
+            element.push_str("\";");
         }
         element.push_str("proto=");
         element.push_str(self.scheme());
         if let Some(version) = self.version {
-            let _ = write!(element, ";version=\"{version}\"");
+            element.push_str(";version=\"");
+            element.push_str(version);
+            element.push('"');
         }
-        element
     }
 
     /// The last element of a `Forwarded` header (the one the nearest hop added), if it names
@@ -146,13 +158,20 @@ impl Origin {
     }
 }
 
-fn node(ip: Option<IpAddr>, port: Option<u16>) -> Option<String> {
-    Some(match (ip?, port) {
-        (IpAddr::V4(ip), Some(port)) => format!("{ip}:{port}"),
-        (IpAddr::V6(ip), Some(port)) => format!("[{ip}]:{port}"),
-        (IpAddr::V4(ip), None) => ip.to_string(),
-        (IpAddr::V6(ip), None) => format!("[{ip}]"),
-    })
+/// RFC 7239's node: `192.0.2.7:51234`, `[2001:db8::1]:443`, or without the port.
+fn push_node(out: &mut String, ip: IpAddr, port: Option<u16>) {
+    let v6 = ip.is_ipv6();
+    if v6 {
+        out.push('[');
+    }
+    text::push_ip(out, ip);
+    if v6 {
+        out.push(']');
+    }
+    if let Some(port) = port {
+        out.push(':');
+        text::push_decimal(out, u64::from(port));
+    }
 }
 
 fn parse_node(text: &str) -> (Option<IpAddr>, Option<u16>) {
@@ -195,23 +214,45 @@ fn is_forwarding_field(name: &str) -> bool {
 
 /// Replaces whatever the client (or an untrusted hop) claimed with what this hop saw.
 pub fn replace_forwarding_headers(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
-    let claimed: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|name| is_forwarding_field(name.as_str()))
-        .cloned()
-        .collect();
-    for name in claimed {
-        req.remove_header(&name);
+    // The fields set below replace the client's (an insert drops every earlier value); the
+    // other claims go. Most requests carry none, and cost one pass over the names.
+    let set_below = |name: &str| {
+        name == X_FORWARDED_PROTO
+            || name == FORWARDED
+            || (origin.client_ip.is_some() && (name == X_FORWARDED_FOR || name == X_REAL_IP))
+    };
+    let dropped = |name: &http::HeaderName| {
+        let name = name.as_str();
+        is_forwarding_field(name) && !set_below(name)
+    };
+    if req.headers.keys().any(dropped) {
+        let claimed: Vec<http::HeaderName> =
+            req.headers.keys().filter(|n| dropped(n)).cloned().collect();
+        for name in claimed {
+            req.remove_header(&name);
+        }
     }
+    // Every value in one buffer: the client's address, then the `Forwarded` element.
+    let mut values = String::with_capacity(128);
     if let Some(ip) = origin.client_ip {
-        let ip = http::HeaderValue::from_str(&ip.to_string())
-            .expect("an IP address is a valid header value");
+        text::push_ip(&mut values, ip);
+    }
+    let ip_end = values.len();
+    origin.push_forwarded_element(&mut values);
+    let values = Bytes::from(values);
+    let value = |bytes: Bytes| {
+        http::HeaderValue::from_maybe_shared(bytes).expect("addresses and tokens are valid values")
+    };
+    if origin.client_ip.is_some() {
+        let ip = value(values.slice(..ip_end));
         req.insert_header(X_FORWARDED_FOR, ip.clone())?;
         req.insert_header(X_REAL_IP, ip)?;
     }
-    req.insert_header(X_FORWARDED_PROTO, origin.scheme())?;
-    req.insert_header(FORWARDED, origin.forwarded_element())
+    req.insert_header(
+        X_FORWARDED_PROTO,
+        http::HeaderValue::from_static(origin.scheme()),
+    )?;
+    req.insert_header(FORWARDED, value(values.slice(ip_end..)))
 }
 
 /// Drops `Expect` (a hop answers `100-continue` itself: `FrontDoor::send_continue_if_expected`).
@@ -291,6 +332,39 @@ mod tests {
         );
         assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(req.headers.get_all("forwarded").iter().count(), 1);
+    }
+
+    #[test]
+    fn without_a_client_address_the_claimed_one_goes_too() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("X-Forwarded-For", "6.6.6.6").unwrap();
+        req.append_header("X-Forwarded-For", "7.7.7.7").unwrap();
+        req.insert_header("X-Real-IP", "6.6.6.6").unwrap();
+        req.append_header("X-FORWARDED-PROTO", "https").unwrap();
+        req.append_header("x-forwarded-proto", "https").unwrap();
+        let unknown = Origin {
+            client_ip: None,
+            client_port: None,
+            ..origin()
+        };
+        replace_forwarding_headers(&mut req, &unknown).unwrap();
+        assert!(!req.headers.contains_key("x-forwarded-for"));
+        assert!(!req.headers.contains_key("x-real-ip"));
+        let proto: Vec<_> = req.headers.get_all("x-forwarded-proto").iter().collect();
+        assert_eq!(proto, ["https"]);
+        assert_eq!(
+            req.headers.get("forwarded").unwrap(),
+            "by=\"[2001:db8::1]:443\";proto=https;version=\"HTTP/2.0\""
+        );
+        // The wire form holds each field once (the case-preserving names follow the values).
+        let mut wire = bytes::BytesMut::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire.to_vec()).unwrap();
+        assert_eq!(wire.matches("proto:").count(), 1, "{wire}");
+        assert!(
+            !wire.to_ascii_lowercase().contains("x-forwarded-for"),
+            "{wire}"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod request_checks;
 mod site_logs;
 mod site_name;
 mod status;
+mod text;
 mod tls;
 mod websocket;
 

@@ -14,9 +14,9 @@
 
 use super::uri::{self, PathError};
 use crate::forwarding::Origin;
+use crate::text;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora::http::RequestHeader;
-use std::fmt::Write;
 
 /// The most a uwsgi packet can carry: its size is 16 bits.
 pub const MAX_PACKET: usize = u16::MAX as usize;
@@ -58,10 +58,7 @@ impl Environ<'_> {
         vars.add(b"QUERY_STRING", query);
         vars.add(b"REQUEST_METHOD", request.method.as_str().as_bytes());
         vars.add(b"CONTENT_TYPE", header(http::header::CONTENT_TYPE));
-        vars.add(
-            b"CONTENT_LENGTH",
-            decimal(&mut number, self.content_length.map(|n| n as u128)),
-        );
+        vars.add(b"CONTENT_LENGTH", decimal(&mut number, self.content_length));
         vars.add(b"REQUEST_URI", target);
         vars.add(b"PATH_INFO", &path_info);
         vars.add(b"DOCUMENT_ROOT", self.document_root.as_bytes());
@@ -73,12 +70,12 @@ impl Environ<'_> {
         vars.add(b"REMOTE_ADDR", ip_text(&mut number, self.origin.client_ip));
         vars.add(
             b"REMOTE_PORT",
-            decimal(&mut number, self.origin.client_port.map(u128::from)),
+            decimal(&mut number, self.origin.client_port.map(u64::from)),
         );
         vars.add(b"SERVER_ADDR", ip_text(&mut number, self.origin.server_ip));
         vars.add(
             b"SERVER_PORT",
-            decimal(&mut number, self.origin.server_port.map(u128::from)),
+            decimal(&mut number, self.origin.server_port.map(u64::from)),
         );
         vars.add(b"SERVER_NAME", self.site.as_bytes());
         vars.add(b"HTTP_HOST", self.site.as_bytes());
@@ -128,10 +125,10 @@ fn is_plain_name(name: &str) -> bool {
     name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-fn decimal(buf: &mut String, n: Option<u128>) -> &[u8] {
+fn decimal(buf: &mut String, n: Option<u64>) -> &[u8] {
     buf.clear();
     if let Some(n) = n {
-        let _ = write!(buf, "{n}");
+        text::push_decimal(buf, n);
     }
     buf.as_bytes()
 }
@@ -139,7 +136,7 @@ fn decimal(buf: &mut String, n: Option<u128>) -> &[u8] {
 fn ip_text(buf: &mut String, ip: Option<std::net::IpAddr>) -> &[u8] {
     buf.clear();
     if let Some(ip) = ip {
-        let _ = write!(buf, "{ip}");
+        text::push_ip(buf, ip);
     }
     buf.as_bytes()
 }
