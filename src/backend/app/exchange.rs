@@ -20,7 +20,6 @@ pub struct Exchange {
     /// The whole body, read before connecting; Pingora then sends none itself.
     pub body: Option<Arc<RequestBody>>,
     pub answer: AnswerMode,
-    pub connect_timeout: Duration,
     /// Longest pause while the app does not read what it is sent (`proxy_send_timeout`).
     pub send_timeout: Duration,
     failure: Mutex<Option<AppFailure>>,
@@ -63,7 +62,6 @@ impl Exchange {
         owner: u32,
         body: Option<Arc<RequestBody>>,
         answer: AnswerMode,
-        connect_timeout: Duration,
         send_timeout: Duration,
     ) -> Exchange {
         Exchange {
@@ -73,7 +71,6 @@ impl Exchange {
             head: Mutex::new(None),
             body,
             answer,
-            connect_timeout,
             send_timeout,
             failure: Mutex::new(None),
             http2_status_line: AtomicBool::new(false),

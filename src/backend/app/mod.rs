@@ -101,7 +101,7 @@ impl Gateway {
         };
         let plain =
             protocol == AppProtocol::Http && body.is_none() && matches!(answer, AnswerMode::Direct);
-        let exchange = Exchange::new(site, owner, body, answer, timeouts.connect, timeouts.send);
+        let exchange = Exchange::new(site, owner, body, answer, timeouts.send);
         Arc::new(if plain { exchange.plain() } else { exchange })
     }
 
