@@ -155,12 +155,33 @@ impl HeadScan {
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    // A scan for the first byte, then a comparison there: a header has few `\r`, and comparing
+    // a window at every byte cost ~1,500 instructions per request (bench/instructions.py).
+    let (&first, rest) = needle.split_first()?;
+    let mut from = 0;
+    while let Some(i) = haystack.get(from..)?.iter().position(|&b| b == first) {
+        let at = from + i;
+        if haystack[at + 1..].starts_with(rest) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_gives_the_first_whole_match() {
+        assert_eq!(find(b"a\r\nb\r\n\r\nc", b"\r\n\r\n"), Some(4));
+        assert_eq!(find(b"\r\n\r\n", b"\r\n\r\n"), Some(0));
+        assert_eq!(find(b"\r\n\r", b"\r\n\r\n"), None);
+        assert_eq!(find(b"", b"\r\n\r\n"), None);
+        assert_eq!(find(b"xx\r\r\n\r\n", b"\r\n\r\n"), Some(3));
+        assert_eq!(find(b"abc", b""), None);
+    }
 
     #[test]
     fn x_accel_buffering_no_is_found_across_reads() {
