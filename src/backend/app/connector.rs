@@ -26,9 +26,14 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+
+/// How long a listener whose process is still entirely root (an app starting: uWSGI drops to
+/// the app's user right after it listens) may take to drop before it counts as the wrong owner.
+const ROOT_LISTENER_SETTLE: Duration = Duration::from_secs(2);
 
 /// Pingora's request header is at most this large (its own limit is lower).
 const MAX_HEAD: usize = 2 << 20;
@@ -55,7 +60,7 @@ impl L4Connect for AppConnector {
             // io::Error (not there, refused, a full listen queue).
             Error::because(etype, format!("Fail to connect to {}", path.display()), e)
         })?;
-        self.check_owner(&socket, path)?;
+        self.check_owner(&socket, path).await?;
         let stream = AppStream::new(socket, self.exchange.clone());
         Ok(Stream::from(VirtualSocketStream::new(Box::new(stream))))
     }
@@ -76,15 +81,30 @@ fn connect_now(path: &std::path::Path) -> io::Result<tokio::net::UnixStream> {
 impl AppConnector {
     /// Whoever listens on the socket must be the site's owner: anyone else (another tenant's
     /// app, bound where this site's socket was) never gets a byte of the request.
-    fn check_owner(&self, socket: &tokio::net::UnixStream, path: &std::path::Path) -> Result<()> {
+    async fn check_owner(
+        &self,
+        socket: &tokio::net::UnixStream,
+        path: &std::path::Path,
+    ) -> Result<()> {
         let expected = self.exchange.owner;
         let cred = socket
             .peer_cred()
             .or_err(ConnectError, "reading the socket's peer credentials")?;
-        let listener = Listener::of(cred.uid(), cred.pid(), expected);
-        if listener.is_owner(expected) {
-            return Ok(());
-        }
+        // uWSGI listens as root and drops to the app's user just after: an app starting up
+        // can be reached while its process is still root. It gets a moment to drop.
+        let settle_until = tokio::time::Instant::now() + ROOT_LISTENER_SETTLE;
+        let mut pause = Duration::from_millis(2);
+        let listener = loop {
+            let listener = Listener::of(cred.uid(), cred.pid(), expected);
+            if listener.is_owner(expected) {
+                return Ok(());
+            }
+            if !listener.still_root() || tokio::time::Instant::now() >= settle_until {
+                break listener;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        };
         log::error!(
             "site {}: the socket {} is held by {listener}, not by the site's owner, uid {expected}: the request was not sent",
             self.exchange.site,

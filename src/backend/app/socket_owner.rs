@@ -45,6 +45,12 @@ impl Listener {
     /// uWSGI binds and listens as root, then drops to the vassal's `uid`: a socket listened
     /// on by root belongs to the owner when its listening process now runs as the owner, with
     /// no way back to root (real, effective and saved uid all the owner's).
+    /// A root listener whose process is still root in every way: an app that has not dropped
+    /// to its user yet (or one that never will).
+    pub fn still_root(&self) -> bool {
+        self.uid == 0 && self.now == Some([0; 3])
+    }
+
     pub fn is_owner(&self, owner: u32) -> bool {
         self.uid == owner || (self.uid == 0 && self.now == Some([owner; 3]))
     }
@@ -71,6 +77,10 @@ fn recent_uids_of(pid: u32) -> Option<[u32; 3]> {
         }
     }
     let uids = uids_of(pid);
+    if uids == Some([0; 3]) {
+        // Not kept: a process still root may be an app about to drop to its user.
+        return uids;
+    }
     let mut recent = RECENT.lock().expect("never poisoned");
     if recent.len() >= KEPT {
         recent.retain(|_, (at, _)| now.duration_since(*at) < FRESH);
@@ -106,6 +116,31 @@ mod tests {
         assert!(!owner(0, Some([998; 3])), "dropped to someone else");
         assert!(!owner(0, None), "its process is gone");
         assert!(!owner(998, Some([999; 3])), "listened as someone else");
+    }
+
+    #[test]
+    fn a_listener_still_root_is_not_judged_yet_nor_kept() {
+        let starting = Listener {
+            uid: 0,
+            now: Some([0; 3]),
+        };
+        assert!(starting.still_root() && !starting.is_owner(999));
+        let dropped = Listener {
+            uid: 0,
+            now: Some([999; 3]),
+        };
+        assert!(!dropped.still_root() && dropped.is_owner(999));
+        assert!(!Listener {
+            uid: 999,
+            now: None
+        }
+        .still_root());
+        // As root, this test's own process reads as still root: read again every time.
+        let me = std::process::id();
+        if uids_of(me) == Some([0; 3]) {
+            assert_eq!(recent_uids_of(me), Some([0; 3]));
+            assert!(!RECENT.lock().unwrap().contains_key(&me));
+        }
     }
 
     #[test]
