@@ -4,6 +4,7 @@
 //! them. A log file moved away (logrotate) is noticed within a second and reopened.
 
 use crate::metrics;
+use crate::text;
 use log::warn;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -214,33 +215,34 @@ fn combined(req: &pingora::http::RequestHeader, body_bytes_sent: usize, facts: &
     escape_into(&mut line, req.method.as_str().as_bytes());
     line.push(' ');
     escape_into(&mut line, req.raw_path());
-    let _ = write!(
-        line,
-        " {:?}\" {} {body_bytes_sent} \"",
-        req.version, facts.status
-    );
+    line.push(' ');
+    line.push_str(crate::forwarding::protocol_name(req.version));
+    line.push_str("\" ");
+    text::push_decimal(&mut line, u64::from(facts.status));
+    line.push(' ');
+    text::push_decimal(&mut line, body_bytes_sent as u64);
+    line.push_str(" \"");
     escape_into(&mut line, header(req, http::header::REFERER));
     line.push_str("\" \"");
     escape_into(&mut line, header(req, http::header::USER_AGENT));
-    let _ = write!(
-        line,
-        "\" host={} id={} rt={:.3} urt=",
-        facts.site,
-        facts.request_id,
-        facts.elapsed.as_secs_f64(),
-    );
+    line.push_str("\" host=");
+    line.push_str(facts.site);
+    line.push_str(" id=");
+    line.push_str(facts.request_id);
+    line.push_str(" rt=");
+    text::push_seconds(&mut line, facts.elapsed, 3);
+    line.push_str(" urt=");
     match facts.upstream_time {
-        Some(t) => {
-            let _ = write!(line, "{:.3}", t.as_secs_f64());
-        }
+        Some(t) => text::push_seconds(&mut line, t, 3),
         None => line.push('-'),
     }
-    let _ = writeln!(
-        line,
-        " upstream={} start={}",
-        facts.upstream.unwrap_or("-"),
-        u8::from(facts.waited_on_start),
-    );
+    line.push_str(" upstream=");
+    line.push_str(facts.upstream.unwrap_or("-"));
+    line.push_str(if facts.waited_on_start {
+        " start=1\n"
+    } else {
+        " start=0\n"
+    });
     line
 }
 
@@ -295,12 +297,15 @@ fn header(req: &pingora::http::RequestHeader, name: http::header::HeaderName) ->
 
 /// nginx's escaping: `"`, `\` and bytes outside printable ASCII become `\xHH`.
 fn escape_into(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            let _ = write!(out, "\\x{b:02X}");
-        } else {
-            out.push(b as char);
-        }
+    let plain = |b: &u8| *b != b'"' && *b != b'\\' && (0x20..0x7f).contains(b);
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // Runs of printable ASCII go in whole.
+        let run = rest.iter().position(|b| !plain(b)).unwrap_or(rest.len());
+        out.push_str(std::str::from_utf8(&rest[..run]).expect("printable ASCII"));
+        let Some(&b) = rest.get(run) else { break };
+        let _ = write!(out, "\\x{b:02X}");
+        rest = &rest[run + 1..];
     }
 }
 

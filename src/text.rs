@@ -38,6 +38,38 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// An address and port as `Display` writes them (`192.0.2.7:8080`, `[2001:db8::1]:443`).
+pub fn socket_addr(addr: std::net::SocketAddr) -> String {
+    let mut out = String::with_capacity(24);
+    if addr.is_ipv6() {
+        // With its brackets (and any scope id) as std writes it.
+        let _ = write!(out, "{addr}");
+        return out;
+    }
+    push_ip(&mut out, addr.ip());
+    out.push(':');
+    push_decimal(&mut out, u64::from(addr.port()));
+    out
+}
+
+/// A duration in seconds with `decimals` digits after the point (1 to 9), rounded to the
+/// nearest, as `{:.3}` writes `as_secs_f64()`: `0.004`, `12.500`.
+pub fn push_seconds(out: &mut String, duration: std::time::Duration, decimals: u32) {
+    let decimals = decimals.clamp(1, 9);
+    let unit = 10u128.pow(9 - decimals);
+    let scaled = (duration.as_nanos() + unit / 2) / unit;
+    let per_second = 10u128.pow(decimals);
+    push_decimal(out, u64::try_from(scaled / per_second).unwrap_or(u64::MAX));
+    out.push('.');
+    let fraction = (scaled % per_second) as u64;
+    let mut digits = String::with_capacity(9);
+    push_decimal(&mut digits, fraction);
+    for _ in digits.len()..decimals as usize {
+        out.push('0');
+    }
+    out.push_str(&digits);
+}
+
 /// `n` as 16 lowercase hexadecimal digits (`{:016x}`).
 pub fn push_hex16(out: &mut String, n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -62,6 +94,21 @@ mod tests {
             push_hex16(&mut out, n);
             assert_eq!(out, format!("{n:016x}"));
         }
+        for (nanos, decimals) in [
+            (0, 3),
+            (4_000_000, 3),
+            (12_500_000_000, 3),
+            (1_999_600_000, 3),
+            (123_456_789, 6),
+            (5, 6),
+            (61_000_000_001, 3),
+        ] {
+            let duration = std::time::Duration::from_nanos(nanos);
+            let mut out = String::new();
+            push_seconds(&mut out, duration, decimals);
+            let expected = format!("{:.*}", decimals as usize, duration.as_secs_f64());
+            assert_eq!(out, expected, "{nanos} ns");
+        }
         for ip in [
             "0.0.0.0",
             "192.0.2.7",
@@ -75,6 +122,8 @@ mod tests {
             let mut out = String::from("x");
             push_ip(&mut out, ip);
             assert_eq!(out, format!("x{ip}"));
+            let addr = std::net::SocketAddr::new(ip, 8080);
+            assert_eq!(socket_addr(addr), addr.to_string());
         }
     }
 }

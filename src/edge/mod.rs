@@ -263,7 +263,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.request.log(
             &self.access_log,
             session,
-            |_| last.map(ToString::to_string),
+            |_| last.copied().map(crate::text::socket_addr),
             false,
         );
     }
