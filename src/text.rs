@@ -6,8 +6,13 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 /// `n` in decimal.
-pub fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
+pub fn push_decimal(out: &mut String, n: u64) {
+    push_digits(out, n, 1);
+}
+
+/// `n` in decimal, with leading zeros up to `width` digits (at most 20).
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -17,6 +22,7 @@ pub fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
+    let start = start.min(digits.len().saturating_sub(width));
     out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
@@ -61,13 +67,7 @@ pub fn push_seconds(out: &mut String, duration: std::time::Duration, decimals: u
     let per_second = 10u128.pow(decimals);
     push_decimal(out, u64::try_from(scaled / per_second).unwrap_or(u64::MAX));
     out.push('.');
-    let fraction = (scaled % per_second) as u64;
-    let mut digits = String::with_capacity(9);
-    push_decimal(&mut digits, fraction);
-    for _ in digits.len()..decimals as usize {
-        out.push('0');
-    }
-    out.push_str(&digits);
+    push_digits(out, (scaled % per_second) as u64, decimals as usize);
 }
 
 /// `n` as 16 lowercase hexadecimal digits (`{:016x}`).

@@ -124,14 +124,13 @@ impl IdlePool {
             let mut entries = self.entries.lock();
             let Entries { by_key, count } = &mut *entries;
             by_key.retain(|_, list| {
-                let mut i = 0;
-                while i < list.len() {
-                    let keep = !list[i].expired(now)
-                        && test_reusable_stream(&mut list[i].stream, &self.unexpected_data);
-                    if keep {
-                        i += 1;
+                for mut idle in std::mem::take(list) {
+                    if !idle.expired(now)
+                        && test_reusable_stream(&mut idle.stream, &self.unexpected_data)
+                    {
+                        list.push(idle);
                     } else {
-                        gone.push(list.remove(i));
+                        gone.push(idle);
                         *count -= 1;
                     }
                 }
@@ -151,7 +150,10 @@ impl IdlePool {
 
     /// One sweeper per pool, started with its first connection, ending with the pool.
     fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeper_started.swap(true, Ordering::Relaxed) {
+        // A read first: every return comes here, and only the first one writes.
+        if self.sweeper_started.load(Ordering::Relaxed)
+            || self.sweeper_started.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let pool: Weak<IdlePool> = Arc::downgrade(self);
@@ -164,11 +166,6 @@ impl IdlePool {
                 }
             }
         });
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.entries.lock().count
     }
 }
 
