@@ -152,7 +152,6 @@ enum Reader {
     /// or one the app is still writing, goes on in the `answer` task (`Buffered`).
     Unread {
         app: Option<OwnedReadHalf>,
-        exchange: Arc<Exchange>,
     },
     Whole(VecDeque<Bytes>),
     Buffered {
@@ -168,7 +167,6 @@ impl AppStream {
             AnswerMode::Direct => Reader::Direct(read_half),
             AnswerMode::Buffered(_) => Reader::Unread {
                 app: Some(read_half),
-                exchange: exchange.clone(),
             },
         };
         AppStream {
@@ -333,10 +331,10 @@ impl AsyncRead for AppStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.first_read {
-            return this.reader.poll_read(cx, buf);
+            return this.reader.poll_read(&this.exchange, cx, buf);
         }
         let start = buf.filled().len();
-        ready!(this.reader.poll_read(cx, buf))?;
+        ready!(this.reader.poll_read(&this.exchange, cx, buf))?;
         this.first_read = false;
         // An app told `SERVER_PROTOCOL: HTTP/2.0` (an HTTP/2 browser, as nginx tells it) answers
         // `HTTP/2.0 200 OK`: the same answer in HTTP/1.1, which is what Pingora reads here.
@@ -349,10 +347,15 @@ impl AsyncRead for AppStream {
 }
 
 impl Reader {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        &mut self,
+        exchange: &Arc<Exchange>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self {
             Reader::Direct(read_half) => Pin::new(read_half).poll_read(cx, buf),
-            Reader::Unread { app, exchange } => {
+            Reader::Unread { app } => {
                 let AnswerMode::Buffered(buffers) = &exchange.answer else {
                     unreachable!("only buffered answers start unread")
                 };
@@ -377,7 +380,7 @@ impl Reader {
                         current: Bytes::new(),
                     }
                 };
-                self.poll_read(cx, buf)
+                self.poll_read(exchange, cx, buf)
             }
             Reader::Whole(chunks) => {
                 let Some(chunk) = chunks.front_mut() else {
