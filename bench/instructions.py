@@ -54,7 +54,7 @@ def herald_stack(binary):
 
         texts = {
             "backend": server("backend") + "backend:\n  listen: ['127.0.0.1:%d']\n  sites_dir: %s\n  vassals_dir: %s\n"
-            "  socket_path: %s/{host}.sock\n  idle_timeout: 0\n  max_starts_per_client: 0\n"
+            "  socket_path: %s/{host}.sock\n  idle_timeout: 0\n  max_starts_per_client: 0\n  trusted_proxies: [127.0.0.1/32]\n"
             "  access_log:\n    path: %s/%s-backend-access.log\n" % (ports["backend"], sites, vassals, sockets, logs, name),
             "edge": server("edge") + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n"
             "  access_log:\n    path: %s/%s-edge-access.log\n" % (ports["edge"], ports["backend"], logs, name),
@@ -149,6 +149,9 @@ def measure(args, root, name, stack, dirs, logs, procs):
             p.stop()
             procs.remove(p)
         result[traced] = callgrind_total(out) / args.requests
+        if args.keep_profiles:
+            os.makedirs(args.keep_profiles, exist_ok=True)
+            shutil.copy(out, args.keep_profiles)
         if args.top:
             result[traced + " top"] = top_functions(out, args.top)
 
@@ -198,6 +201,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--top", type=int, default=0)
     parser.add_argument("--nginx", action="store_true", help="measure the talk's nginx + Lua setup first, as the reference")
+    parser.add_argument("--keep-profiles", metavar="DIR",
+                        help="copy each callgrind output here (for callgrind_annotate, say) before the run's files go")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "ab", "strace"):
         if not shutil.which(tool):
