@@ -26,6 +26,11 @@ use crate::utils::KVRef;
 
 pub(super) const MAX_HEADERS: usize = 256;
 
+// HERALD PATCH 3 (PATCHES.md): room in a parsed header's maps for the fields a proxy adds
+// (forwarding fields, a request id, `Date`, `Connection`), so that adding them does not grow
+// and rehash both maps; a map parsed at exactly its size grows on the first insert.
+pub(super) const HEADROOM: usize = 8;
+
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
