@@ -5,7 +5,7 @@ use crate::forwarding;
 use crate::frontdoor::Admitted;
 use crate::metrics::{InProgress, OpenWebSocket, RoleMetrics};
 use crate::per_client::ClientSlot;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ pub struct RequestState {
     pub client_slot: Option<ClientSlot>,
     /// Sent upstream as `X-Request-Id` and logged.
     pub request_id: String,
+    /// The id came with the request, from a trusted hop.
+    id_given: bool,
     /// A WebSocket handshake (`websocket::is_websocket_upgrade`): its connection gets
     /// `websocket_idle_timeout` on both sides.
     pub websocket: bool,
@@ -48,6 +50,7 @@ impl RequestState {
             body_received: 0,
             client_slot: None,
             request_id: String::new(),
+            id_given: false,
             websocket: false,
             open_websocket: None,
             upstream_began: None,
@@ -73,10 +76,25 @@ impl RequestState {
             .get(X_REQUEST_ID)
             .map(|v| v.as_bytes())
             .filter(|id| trust_given_id && access_log::is_valid_request_id(id));
+        self.id_given = given.is_some();
         self.request_id = match given {
             Some(id) => String::from_utf8_lossy(id).into_owned(),
             None => access_log::new_request_id(),
         };
+    }
+
+    /// The request's id on the request sent upstream. An id a trusted hop gave is already
+    /// there: replacing it with itself would cost an insert into both of Pingora's maps.
+    pub fn pass_id_on(&self, upstream: &mut RequestHeader) -> pingora::Result<()> {
+        if self.id_given {
+            let mut given = upstream.headers.get_all(X_REQUEST_ID).iter();
+            if given.next().map(|v| v.as_bytes()) == Some(self.request_id.as_bytes())
+                && given.next().is_none()
+            {
+                return Ok(());
+            }
+        }
+        upstream.insert_header(X_REQUEST_ID, &self.request_id)
     }
 
     /// An upstream was chosen and is about to be connected to.

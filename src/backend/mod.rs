@@ -33,7 +33,7 @@ use crate::frontdoor::{self, FrontDoor};
 use crate::listener;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
-use crate::request::{self, RequestState, X_REQUEST_ID};
+use crate::request::{self, RequestState};
 use activity::{Activity, SiteActivity};
 use app::exchange::{AppFailure, Exchange};
 use app::request_body::BodyOutcome;
@@ -384,7 +384,7 @@ impl ProxyHttp for BackendProxy {
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
         forwarding::strip_expect(upstream_request);
-        upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
+        ctx.request.pass_id_on(upstream_request)?;
         // Only a trusted hop (the edge) may tell the app who the client is.
         let origin = ctx.request.origin;
         if !(ctx.request.trusted && forwarding::has_forwarding_headers(upstream_request)) {

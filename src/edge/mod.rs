@@ -14,7 +14,7 @@ use crate::frontdoor::{self, FrontDoor};
 use crate::listener;
 use crate::metrics::{self, RoleMetrics};
 use crate::pages;
-use crate::request::{self, RequestState, X_REQUEST_ID};
+use crate::request::{self, RequestState};
 use async_trait::async_trait;
 use backends::BackendList;
 use bytes::Bytes;
@@ -154,7 +154,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         forwarding::to_origin_form(upstream_request)?;
         forwarding::strip_expect(upstream_request);
-        upstream_request.insert_header(X_REQUEST_ID, &ctx.request.request_id)?;
+        ctx.request.pass_id_on(upstream_request)?;
         // Nothing the client says about itself or earlier hops is kept; only the operator's
         // own load balancer (`edge.trusted_proxies`) may say who the client is. The backend
         // builds the app's environ (REMOTE_ADDR, REMOTE_PORT, SERVER_PORT, HTTPS) from this.

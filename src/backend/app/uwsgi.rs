@@ -88,8 +88,15 @@ impl Environ<'_> {
 fn add_header_vars(vars: &mut Vars, request: &RequestHeader) {
     let mut key = Vec::with_capacity(64);
     let mut joined = Vec::new();
-    for name in request.headers.keys() {
+    // The map yields a name's values one after the other, so one pass groups them with no
+    // lookup per name.
+    let mut fields = request.headers.iter().peekable();
+    while let Some((name, first)) = fields.next() {
+        let mut more = std::iter::from_fn(|| fields.next_if(|(next, _)| *next == name))
+            .map(|(_, value)| value)
+            .peekable();
         if name == http::header::HOST || !is_plain_name(name.as_str()) {
+            more.for_each(drop);
             continue;
         }
         key.clear();
@@ -98,25 +105,22 @@ fn add_header_vars(vars: &mut Vars, request: &RequestHeader) {
             b'-' => b'_',
             b => b.to_ascii_uppercase(),
         }));
-        let mut values = request.headers.get_all(name).iter();
-        let first = values.next().expect("a key has a value");
-        match values.next() {
-            None => vars.add(&key, first.as_bytes()),
-            Some(second) => {
-                let separator: &[u8] = if name == http::header::COOKIE {
-                    b"; "
-                } else {
-                    b", "
-                };
-                joined.clear();
-                joined.extend_from_slice(first.as_bytes());
-                for value in std::iter::once(second).chain(values) {
-                    joined.extend_from_slice(separator);
-                    joined.extend_from_slice(value.as_bytes());
-                }
-                vars.add(&key, &joined);
-            }
+        if more.peek().is_none() {
+            vars.add(&key, first.as_bytes());
+            continue;
         }
+        let separator: &[u8] = if name == http::header::COOKIE {
+            b"; "
+        } else {
+            b", "
+        };
+        joined.clear();
+        joined.extend_from_slice(first.as_bytes());
+        for value in more {
+            joined.extend_from_slice(separator);
+            joined.extend_from_slice(value.as_bytes());
+        }
+        vars.add(&key, &joined);
     }
 }
 
@@ -238,11 +242,13 @@ pub mod tests {
         let mut req = RequestHeader::build("POST", b"/a/%2e%2e/b%20c?x=1&y=%20", None).unwrap();
         req.insert_header("Host", "Alpha.Example:8080").unwrap();
         req.insert_header("Content-Type", "text/plain").unwrap();
+        // Repeated names interleaved: each name's values are still joined in order.
         req.append_header("Cookie", "a=1").unwrap();
-        req.append_header("Cookie", "b=2").unwrap();
         req.append_header("Accept", "text/html").unwrap();
+        req.append_header("X_Forwarded_For", "6.6.6.6").unwrap();
+        req.append_header("Cookie", "b=2").unwrap();
+        req.append_header("X_Forwarded_For", "7.7.7.7").unwrap();
         req.append_header("Accept", "*/*").unwrap();
-        req.insert_header("X_Forwarded_For", "6.6.6.6").unwrap();
         req.insert_header("X-Odd", &b"caf\xe9"[..]).unwrap();
         let origin = Origin {
             client_ip: Some("2001:db8::7".parse().unwrap()),
