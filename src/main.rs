@@ -1,11 +1,13 @@
 //! Herald: one binary, two roles. `main` reads the command line and the configuration, then
 //! adds the edge and/or backend proxies (see `edge` and `backend`) to a Pingora server.
-// The exceptions: registering inotify's descriptor with tokio (inotify_fd), and a second
-// descriptor for a TLS connection's handshake watchdog (handshake_limit).
+// The exceptions: registering inotify's descriptor with tokio (inotify_fd), a second
+// descriptor for a TLS connection's handshake watchdog (handshake_limit), and the global
+// allocator (allocator).
 #![deny(unsafe_code)]
 
 mod access_log;
 mod acme;
+mod allocator;
 mod backend;
 mod cidr;
 mod cli;
@@ -38,11 +40,10 @@ use config::Config;
 use pingora::server::Server;
 use std::process::ExitCode;
 
-// Many small, short-lived allocations per request (headers, buffers, futures): mimalloc spends
-// far less time on them than glibc's malloc (measured in BENCHMARKS.md). Without transparent huge
-// pages: with them each thread's arena is resident in 2 MiB pages (7 MiB more per idle process).
+// mimalloc (`allocator`), without transparent huge pages: with them each thread's arena is
+// resident in 2 MiB pages (7 MiB more per idle process).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
