@@ -72,7 +72,7 @@ def main():
                     threads, root, name, role, root, name, role, extra)
                 configs = {
                     "backend": server("backend") + "backend:\n  listen: ['127.0.0.1:%d']\n  sites_dir: %s\n  vassals_dir: %s\n"
-                    "  socket_path: %s/{host}.sock\n  idle_timeout: 0\n  max_starts_per_client: 0\n" % (
+                    "  socket_path: %s/{host}.sock\n  idle_timeout: 0\n  max_starts_per_client: 0\n  trusted_proxies: [127.0.0.1/32]\n" % (
                         backend_port, sites, vassals, sockets),
                     "edge": server("edge") + "edge:\n  listen: ['127.0.0.1:%d']\n  backends: ['127.0.0.1:%d']\n"
                     "  tls:\n    listen: ['127.0.0.1:%d']\n    certs_dir: %s\n    default_cert: %s\n    default_key: %s\n" % (

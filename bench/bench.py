@@ -479,9 +479,10 @@ class Bench:
         logs = os.path.join(self.root, "logs")
         common = lambda name: herald_server_yaml(self.root, name)
         # Buffering as it comes (nginx's defaults: whole bodies and answers, 8 4k in memory,
-        # then a file), only its temp files kept in the bench's directory.
+        # then a file), only its temp files kept in the bench's directory. The edge is trusted
+        # to say who the client is, as conf/backend.yaml trusts its edges.
         backend = ("backend:\n  listen: ['127.0.0.1:%%d']\n  sites_dir: %s\n  vassals_dir: %s\n  socket_path: %s/{host}.sock\n"
-                   "  idle_timeout: 0\n  max_starts_per_client: 0\n  buffering:\n    client_body_temp_path: %s\n    proxy_temp_path: %s\n"
+                   "  idle_timeout: 0\n  max_starts_per_client: 0\n  trusted_proxies: [127.0.0.1/32]\n  buffering:\n    client_body_temp_path: %s\n    proxy_temp_path: %s\n"
                    "  access_log:\n    path: %s/herald-%%s.log\n%%s") % (
                        self.sites, self.vassals, self.sockets, self.herald_tmp, self.herald_tmp, logs)
         configs = {

@@ -360,10 +360,11 @@ class ScaleBench:
         for i in range(BACKENDS):
             name = "herald-backend%d-%s" % (i, tag)
             # Production defaults but for the bench's paths, the cap, and no per-client start
-            # limit: every request comes from the one edge.
+            # limit: every request comes from the one edge, which is trusted to say who the
+            # client is, as conf/backend.yaml trusts its edges.
             yaml = herald_server_yaml(self.root, name) + (
                 "metrics:\n  listen: 127.0.0.1:%d\nbackend:\n  listen: ['127.0.0.1:%d']\n  sites_dir: %s\n  vassals_dir: %s\n"
-                "  socket_path: %s/{host}.sock\n  max_running_apps: %d\n  max_starts_per_client: 0\n  emperor_stats: %s\n"
+                "  socket_path: %s/{host}.sock\n  max_running_apps: %d\n  max_starts_per_client: 0\n  trusted_proxies: [127.0.0.1/32]\n  emperor_stats: %s\n"
                 "  buffering:\n    client_body_temp_path: %s\n    proxy_temp_path: %s\n  access_log:\n    path: %s/%s-access.log\n") % (
                     ports["metrics"][i], ports["backends"][i], d["sites"], d["vassals"][i], d["sockets"], self.cap, d["stats"][i],
                     self.tmp, self.tmp, self.logs, name)
