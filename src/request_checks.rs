@@ -103,7 +103,7 @@ pub fn check_h1_head(raw: &[u8], limits: &HeaderLimits) -> Result<(), Rejection>
                 "header field longer than large_client_header_buffers' size",
             ));
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return Err(Rejection::BadRequest("header line without a colon"));
         };
         framing.field(&line[..colon], trim_whitespace(&line[colon + 1..]))?;
@@ -163,7 +163,7 @@ impl<'a> Iterator for Lines<'a> {
     type Item = Result<&'a [u8], Rejection>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let end = self.rest.iter().position(|&b| b == b'\n')?;
+        let end = memchr::memchr(b'\n', self.rest)?;
         let (line, rest) = (&self.rest[..end], &self.rest[end + 1..]);
         self.rest = rest;
         Some(match line.strip_suffix(b"\r") {

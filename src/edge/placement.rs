@@ -16,6 +16,9 @@ const BACKENDS_FILE_INTERVAL: Duration = Duration::from_secs(1);
 /// weight per backend, so a heavy backend that is down can cover many points in a row.
 const KETAMA_MAX_STEPS: usize = 16 * 1024;
 
+/// How far the first, optimistic look goes: one backend's points in a row.
+const KETAMA_FIRST_STEPS: usize = 160;
+
 /// Which backend serves a site. Both modes skip backends that are down (or already tried
 /// for this request) while leaving every other site where it is.
 pub struct Placement {
@@ -59,6 +62,20 @@ impl Placement {
     /// health is ignored (as nginx does when all its servers have failed): a health check can
     /// be wrong, and trying costs less than refusing every request.
     pub fn pick(&self, site: &str, exclude: &[SocketAddr]) -> Option<SocketAddr> {
+        // Nearly always the site's own backend is up: a short walk finds it with one health
+        // lookup. A longer walk would find the same backend (the first one up on the ring),
+        // so past this only the outage case below remains.
+        if self.mode == HashMode::Ketama {
+            let first_up = self
+                .balancer
+                .select_with(site.as_bytes(), KETAMA_FIRST_STEPS, |b: &Backend, up| {
+                    up && !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
+                })
+                .and_then(|b| b.addr.as_inet().copied());
+            if first_up.is_some() {
+                return first_up;
+            }
+        }
         // Checked first (a few lookups), so that an outage does not also walk the whole ring.
         let any_up = self.list.ordered().iter().any(|b| {
             !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
