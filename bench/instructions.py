@@ -14,6 +14,10 @@ for the same requests (system calls: the kernel's side of the work, which callgr
     bench/instructions.py --nginx cur=target/release/herald   # against the talk's nginx + Lua
     bench/instructions.py --top 25 cur=target/profiling/release/herald   # where the instructions go
 
+`--cpu N` adds what the counts leave out: each stack under wrk (32 connections, N alternating
+rounds of 3 s), the CPU microseconds per request each process spends in user space and in the
+kernel (medians), to tell the work Herald adds from the socket work both do.
+
 `--top N` prints each role's N functions with the most inclusive instructions (a build with
 debug info names them: bench/profile builds one into target/profiling).
 """
@@ -22,13 +26,14 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 from bench import (APP, LUA_EDGE_LOCATION, LUA_HASH, Proc, free_port, get, nginx_backend_server, nginx_main_conf, tcp_up,
-                   unix_up, vassal_template, vassal_text, wait_for)
+                   tree_pids, unix_up, vassal_template, vassal_text, wait_for, wrk)
 
 SITE = "w0.bench"
 ROLES = ("edge", "backend")
@@ -177,6 +182,52 @@ def measure(args, root, name, stack, dirs, logs, procs):
     return result
 
 
+def user_and_system(pids):
+    """CPU ticks in user space and in the kernel, summed over `pids`."""
+    user = system = 0
+    for pid in pids:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
+
+
+def cpu_split(args, root, stacks, dirs, logs, procs):
+    """Each stack's edge and backend under wrk (32 connections, `--cpu` alternating rounds of 3 s):
+    CPU microseconds per request in user space and in the kernel, medians. Where the instruction
+    counts say how much work each side does in user space, this says how much of the CPU that
+    is, beside the kernel's share (the same sockets for both)."""
+    running = {}
+    for name, stack in stacks:
+        commands, ports = stack(root, name, *dirs)
+        started = {role: start(commands[role], role, logs, name) for role in ("backend", "edge")}
+        procs.extend(started.values())
+        for role in ("backend", "edge"):
+            wait_for("%s %s" % (name, role), lambda: tcp_up(ports[role]), timeout=120)
+        running[name] = (started, ports)
+    rows = {name: [] for name in running}
+    tick = os.sysconf("SC_CLK_TCK")
+    for r in range(args.cpu):
+        for name in (list(running) if r % 2 == 0 else list(running)[::-1]):
+            started, ports = running[name]
+            pids = {role: tree_pids(p.p.pid) for role, p in started.items()}
+            before = {role: user_and_system(p) for role, p in pids.items()}
+            res = wrk(ports["edge"], 3, host=SITE)
+            if res["errors"]:
+                sys.exit("bench: %d errors from %s" % (res["errors"], name))
+            row = {"rps": res["rps"]}
+            for role, p in pids.items():
+                after = user_and_system(p)
+                for i, kind in enumerate(("user", "system")):
+                    row["%s %s" % (role, kind)] = (after[i] - before[role][i]) / tick / res["requests"] * 1e6
+            rows[name].append(row)
+    for started, _ in running.values():
+        for p in started.values():
+            p.stop()
+            procs.remove(p)
+    return {name: {k: statistics.median(row[k] for row in rs) for k in rs[0]} for name, rs in rows.items()}
+
+
 def traced_by(pid):
     with open("/proc/%d/status" % pid) as f:
         return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
@@ -201,12 +252,14 @@ def main():
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--top", type=int, default=0)
     parser.add_argument("--nginx", action="store_true", help="measure the talk's nginx + Lua setup first, as the reference")
+    parser.add_argument("--cpu", type=int, default=0, metavar="ROUNDS",
+                        help="also CPU per request in user space and in the kernel under wrk, medians of ROUNDS")
     parser.add_argument("--keep-profiles", metavar="DIR",
                         help="copy each callgrind output here (for callgrind_annotate, say) before the run's files go")
     args = parser.parse_args()
-    for tool in ("valgrind", "callgrind_control", "ab", "strace"):
+    for tool in ("valgrind", "callgrind_control", "ab", "strace") + (("wrk",) if args.cpu else ()):
         if not shutil.which(tool):
-            sys.exit("bench: %s is missing (apt-get install valgrind apache2-utils strace)" % tool)
+            sys.exit("bench: %s is missing (apt-get install valgrind apache2-utils strace wrk)" % tool)
     root = tempfile.mkdtemp(prefix="herald-instr.")
     procs = []
     try:
@@ -245,6 +298,12 @@ def main():
                 calls = r[role + " syscalls"]
                 print("%-10s %-8s %5.2f  %s" % (name, role, sum(calls.values()),
                                                ", ".join("%s %.2f" % kv for kv in calls.items())))
+        if args.cpu:
+            split = cpu_split(args, root, stacks, dirs, logs, procs)
+            print("\nCPU microseconds per request under wrk (user + kernel), medians of %d alternating rounds:" % args.cpu)
+            for name, r in split.items():
+                print("%-10s %7.0f req/s  edge %5.1f + %5.1f  backend %5.1f + %5.1f" % (
+                    name, r["rps"], r["edge user"], r["edge system"], r["backend user"], r["backend system"]))
         if args.top:
             for name, r in results.items():
                 for role in ROLES:
