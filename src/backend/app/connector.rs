@@ -78,6 +78,30 @@ fn connect_now(path: &std::path::Path) -> io::Result<tokio::net::UnixStream> {
     tokio::net::UnixStream::from_std(socket)
 }
 
+/// Sends on the app's socket at once. tokio's own write waits for the socket's first readiness
+/// event, which a socket just connected has not had: that wait cost an event-loop turn per
+/// request (an `epoll_wait` before the packet went out) and, through the send timeout it armed,
+/// a wake-up of the driver (a `write` to its eventfd). Only a socket that is full
+/// (`WouldBlock`) waits, through tokio, for room.
+fn poll_send(
+    writer: &mut OwnedWriteHalf,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    let socket: &tokio::net::UnixStream = writer.as_ref();
+    match socket2::SockRef::from(socket).send_with_flags(buf, libc::MSG_NOSIGNAL) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Pin::new(writer).poll_write(cx, buf)
+        }
+        sent => Poll::Ready(sent),
+    }
+}
+
 impl AppConnector {
     /// Whoever listens on the socket must be the site's owner: anyone else (another tenant's
     /// app, bound where this site's socket was) never gets a byte of the request.
@@ -226,7 +250,7 @@ impl AppStream {
                     .writer
                     .as_mut()
                     .expect("kept until the stream is dropped");
-                match Pin::new(writer).poll_write(cx, front) {
+                match poll_send(writer, cx, front) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
                         front.advance(n);
@@ -293,7 +317,11 @@ impl AsyncWrite for AppStream {
                 let from_pingora = *from_pingora;
                 ready!(this.poll_send_own(cx))?;
                 if from_pingora {
-                    this.writer().poll_write(cx, buf)
+                    let writer = this
+                        .writer
+                        .as_mut()
+                        .expect("kept until the stream is dropped");
+                    poll_send(writer, cx, buf)
                 } else {
                     // Pingora was told the body is empty; it has nothing to add.
                     Poll::Ready(Ok(buf.len()))
@@ -523,6 +551,44 @@ mod tests {
             max_temp_file: 1 << 30,
             temp_dir: temp.clone(),
         })
+    }
+
+    #[tokio::test]
+    async fn the_head_goes_out_without_waiting_for_the_event_loop() {
+        let f = fixture();
+        let exchange = Arc::new(Exchange::new(
+            "a.example",
+            me(),
+            None,
+            buffered(&f.temp, 1024),
+            Duration::from_secs(5),
+        ));
+        let mut stream = AppConnector {
+            exchange: exchange.clone(),
+        }
+        .connect(&f.addr)
+        .await
+        .unwrap();
+        exchange.set_head(Bytes::from_static(b"PACKET"));
+        // Polled once, without a turn of the event loop in between: the socket has had no
+        // readiness event yet, and the packet must still be on its way (tokio's own write
+        // waited for that event, a turn of the loop per request).
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(matches!(
+            Pin::new(&mut stream).poll_write(&mut cx, head),
+            Poll::Ready(Ok(n)) if n == head.len()
+        ));
+        assert!(matches!(
+            Pin::new(&mut stream).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        // Accepted only now: awaiting the accept earlier would have let the loop turn.
+        let (mut app, _) = f.listener.accept().await.unwrap();
+        let mut got = [0u8; 6];
+        app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PACKET");
     }
 
     #[tokio::test]
