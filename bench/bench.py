@@ -219,16 +219,21 @@ def tree_pids(pid):
     return pids
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_ticks(pids):
+    """(user, kernel) CPU ticks of `pids`, summed; a process already gone counts nothing."""
+    user = system = 0
     for p in pids:
         try:
             with open("/proc/%d/stat" % p) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user, system = user + int(fields[11]), system + int(fields[12])
         except OSError:
             pass
-    return total / CLK_TCK
+    return user, system
+
+
+def cpu_seconds(pids):
+    return sum(cpu_ticks(pids)) / CLK_TCK
 
 
 def rss_mib(pids):

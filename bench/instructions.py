@@ -32,8 +32,8 @@ import sys
 import tempfile
 import time
 
-from bench import (APP, LUA_EDGE_LOCATION, LUA_HASH, Proc, free_port, get, nginx_backend_server, nginx_main_conf, tcp_up,
-                   tree_pids, unix_up, vassal_template, vassal_text, wait_for, wrk)
+from bench import (APP, CLK_TCK, LUA_EDGE_LOCATION, LUA_HASH, Proc, cpu_ticks, free_port, get, nginx_backend_server,
+                   nginx_main_conf, tcp_up, tree_pids, unix_up, vassal_template, vassal_text, wait_for, wrk)
 
 SITE = "w0.bench"
 ROLES = ("edge", "backend")
@@ -182,16 +182,6 @@ def measure(args, root, name, stack, dirs, logs, procs):
     return result
 
 
-def user_and_system(pids):
-    """CPU ticks in user space and in the kernel, summed over `pids`."""
-    user = system = 0
-    for pid in pids:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        user, system = user + int(fields[11]), system + int(fields[12])
-    return user, system
-
-
 def cpu_split(args, root, stacks, dirs, logs, procs):
     """Each stack's edge and backend under wrk (32 connections, `--cpu` alternating rounds of 3 s):
     CPU microseconds per request in user space and in the kernel, medians. Where the instruction
@@ -206,20 +196,19 @@ def cpu_split(args, root, stacks, dirs, logs, procs):
             wait_for("%s %s" % (name, role), lambda: tcp_up(ports[role]), timeout=120)
         running[name] = (started, ports)
     rows = {name: [] for name in running}
-    tick = os.sysconf("SC_CLK_TCK")
     for r in range(args.cpu):
         for name in (list(running) if r % 2 == 0 else list(running)[::-1]):
             started, ports = running[name]
             pids = {role: tree_pids(p.p.pid) for role, p in started.items()}
-            before = {role: user_and_system(p) for role, p in pids.items()}
+            before = {role: cpu_ticks(p) for role, p in pids.items()}
             res = wrk(ports["edge"], 3, host=SITE)
             if res["errors"]:
                 sys.exit("bench: %d errors from %s" % (res["errors"], name))
             row = {"rps": res["rps"]}
             for role, p in pids.items():
-                after = user_and_system(p)
+                after = cpu_ticks(p)
                 for i, kind in enumerate(("user", "system")):
-                    row["%s %s" % (role, kind)] = (after[i] - before[role][i]) / tick / res["requests"] * 1e6
+                    row["%s %s" % (role, kind)] = (after[i] - before[role][i]) / CLK_TCK / res["requests"] * 1e6
             rows[name].append(row)
     for started, _ in running.values():
         for p in started.values():

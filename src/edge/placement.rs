@@ -65,34 +65,37 @@ impl Placement {
         // Nearly always the site's own backend is up: a short walk finds it with one health
         // lookup. A longer walk would find the same backend (the first one up on the ring),
         // so past this only the outage case below remains.
+        let up_and_usable = usable(exclude, true);
         if self.mode == HashMode::Ketama {
-            let first_up = self
-                .balancer
-                .select_with(site.as_bytes(), KETAMA_FIRST_STEPS, |b: &Backend, up| {
-                    up && !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
-                })
-                .and_then(|b| b.addr.as_inet().copied());
+            let first_up = self.ketama(site, KETAMA_FIRST_STEPS, &up_and_usable);
             if first_up.is_some() {
                 return first_up;
             }
         }
         // Checked first (a few lookups), so that an outage does not also walk the whole ring.
-        let any_up = self.list.ordered().iter().any(|b| {
-            !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
-                && self.balancer.backends().ready(b)
-        });
+        let any_up = self
+            .list
+            .ordered()
+            .iter()
+            .any(|b| up_and_usable(b, self.balancer.backends().ready(b)));
         self.pick_among(site, exclude, any_up)
     }
 
+    fn ketama(
+        &self,
+        site: &str,
+        steps: usize,
+        usable: impl Fn(&Backend, bool) -> bool,
+    ) -> Option<SocketAddr> {
+        self.balancer
+            .select_with(site.as_bytes(), steps, usable)
+            .and_then(|b| b.addr.as_inet().copied())
+    }
+
     fn pick_among(&self, site: &str, exclude: &[SocketAddr], only_up: bool) -> Option<SocketAddr> {
-        let usable = |b: &Backend, up: bool| {
-            (up || !only_up) && !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
-        };
+        let usable = usable(exclude, only_up);
         match self.mode {
-            HashMode::Ketama => self
-                .balancer
-                .select_with(site.as_bytes(), KETAMA_MAX_STEPS, usable)
-                .and_then(|b| b.addr.as_inet().copied()),
+            HashMode::Ketama => self.ketama(site, KETAMA_MAX_STEPS, usable),
             HashMode::Modulo => {
                 let list = self.list.ordered();
                 let hash = python2_string_hash(site.as_bytes());
@@ -114,6 +117,11 @@ impl Placement {
             }
         }
     }
+}
+
+/// Whether a backend may take the request: not in `exclude`, and up when `only_up`.
+fn usable(exclude: &[SocketAddr], only_up: bool) -> impl Fn(&Backend, bool) -> bool + '_ {
+    move |b, up| (up || !only_up) && !b.addr.as_inet().is_some_and(|a| exclude.contains(a))
 }
 
 fn index(hash: i64, len: usize) -> Option<usize> {

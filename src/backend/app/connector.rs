@@ -205,12 +205,10 @@ impl AppStream {
         }
     }
 
-    fn writer(&mut self) -> Pin<&mut OwnedWriteHalf> {
-        Pin::new(
-            self.writer
-                .as_mut()
-                .expect("kept until the stream is dropped"),
-        )
+    fn writer(&mut self) -> &mut OwnedWriteHalf {
+        self.writer
+            .as_mut()
+            .expect("kept until the stream is dropped")
     }
 
     /// The app has sent its whole answer and closed its side of the connection.
@@ -250,6 +248,7 @@ impl AppStream {
                     .writer
                     .as_mut()
                     .expect("kept until the stream is dropped");
+                // (Not `self.writer()`: `front` still borrows `self.out`.)
                 match poll_send(writer, cx, front) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
@@ -317,11 +316,7 @@ impl AsyncWrite for AppStream {
                 let from_pingora = *from_pingora;
                 ready!(this.poll_send_own(cx))?;
                 if from_pingora {
-                    let writer = this
-                        .writer
-                        .as_mut()
-                        .expect("kept until the stream is dropped");
-                    poll_send(writer, cx, buf)
+                    poll_send(this.writer(), cx, buf)
                 } else {
                     // Pingora was told the body is empty; it has nothing to add.
                     Poll::Ready(Ok(buf.len()))
@@ -336,7 +331,7 @@ impl AsyncWrite for AppStream {
             return Poll::Ready(Ok(()));
         }
         ready!(this.poll_send_own(cx))?;
-        this.writer().poll_flush(cx)
+        Pin::new(this.writer()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -347,7 +342,7 @@ impl AsyncWrite for AppStream {
         if !matches!(this.state, WriteState::Head(_)) {
             ready!(this.poll_send_own(cx))?;
         }
-        this.writer().poll_shutdown(cx)
+        Pin::new(this.writer()).poll_shutdown(cx)
     }
 }
 
@@ -553,22 +548,31 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn the_head_goes_out_without_waiting_for_the_event_loop() {
-        let f = fixture();
-        let exchange = Arc::new(Exchange::new(
+    /// An exchange for the test's own user, with a send timeout of 5 s.
+    fn exchange(body: Option<Arc<RequestBody>>, answer: AnswerMode) -> Arc<Exchange> {
+        Arc::new(Exchange::new(
             "a.example",
             me(),
-            None,
-            buffered(&f.temp, 1024),
+            body,
+            answer,
             Duration::from_secs(5),
-        ));
-        let mut stream = AppConnector {
+        ))
+    }
+
+    async fn connected(f: &Fixture, exchange: &Arc<Exchange>) -> Stream {
+        AppConnector {
             exchange: exchange.clone(),
         }
         .connect(&f.addr)
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_head_goes_out_without_waiting_for_the_event_loop() {
+        let f = fixture();
+        let exchange = exchange(None, buffered(&f.temp, 1024));
+        let mut stream = connected(&f, &exchange).await;
         exchange.set_head(Bytes::from_static(b"PACKET"));
         // Polled once, without a turn of the event loop in between: the socket has had no
         // readiness event yet, and the packet must still be on its way (tokio's own write
@@ -594,19 +598,8 @@ mod tests {
     #[tokio::test]
     async fn the_app_gets_the_head_and_body_and_pingora_gets_the_answer() {
         let f = fixture();
-        let exchange = Arc::new(Exchange::new(
-            "a.example",
-            me(),
-            Some(body(b"hello")),
-            buffered(&f.temp, 1024),
-            Duration::from_secs(5),
-        ));
-        let mut stream = AppConnector {
-            exchange: exchange.clone(),
-        }
-        .connect(&f.addr)
-        .await
-        .unwrap();
+        let exchange = exchange(Some(body(b"hello")), buffered(&f.temp, 1024));
+        let mut stream = connected(&f, &exchange).await;
         let (mut app, _) = f.listener.accept().await.unwrap();
         // Pingora's header, in two writes; what the app gets instead is the exchange's head.
         exchange.set_head(Bytes::from_static(b"PACKET"));
@@ -648,13 +641,7 @@ mod tests {
     async fn a_whole_answer_needs_no_task_of_its_own() {
         let f = fixture();
         for finished in [true, false] {
-            let exchange = Arc::new(Exchange::new(
-                "a.example",
-                me(),
-                None,
-                buffered(&f.temp, 32 << 10),
-                Duration::from_secs(5),
-            ));
+            let exchange = exchange(None, buffered(&f.temp, 32 << 10));
             let socket =
                 tokio::net::UnixStream::connect(f.addr.as_unix().unwrap().as_pathname().unwrap())
                     .await
@@ -687,14 +674,7 @@ mod tests {
     #[tokio::test]
     async fn pingoras_header_passes_when_there_is_no_head_and_the_body_streams() {
         let f = fixture();
-        let exchange = Arc::new(Exchange::new(
-            "a.example",
-            me(),
-            None,
-            AnswerMode::Direct,
-            Duration::from_secs(5),
-        ));
-        let mut stream = AppConnector { exchange }.connect(&f.addr).await.unwrap();
+        let mut stream = connected(&f, &exchange(None, AnswerMode::Direct)).await;
         let (mut app, _) = f.listener.accept().await.unwrap();
         let request = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n";
         stream.write_all(request).await.unwrap();
@@ -738,13 +718,7 @@ mod tests {
         let f = fixture();
         let addr = f.addr.clone();
         drop(f);
-        let exchange = Arc::new(Exchange::new(
-            "a.example",
-            me(),
-            None,
-            AnswerMode::Direct,
-            Duration::from_secs(5),
-        ));
+        let exchange = exchange(None, AnswerMode::Direct);
         let error = AppConnector { exchange }.connect(&addr).await.unwrap_err();
         let io = error
             .root_cause()
